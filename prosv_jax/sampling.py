@@ -1,0 +1,145 @@
+"""Batched generation with a KV cache: one jitted prefill, one jitted decode loop.
+
+Prompts are left-padded so every row's next token lands in the same cache slot; positions and
+attention validity come from each row's length. The steering seam acts in prefill at
+`steer_mask` (prompt positions), and, only when `steer_decode` is set, at every decode step:
+the first is PrOSV (the edit reaches generated tokens only through the cached keys/values), the
+second FSSV.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from prosv_jax.errors import ProsvError
+from prosv_jax.models import transformer
+from prosv_jax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 128
+  temperature: float = 0.0  # 0 means greedy
+  top_k: int = 0  # 0 means no top-k cut
+  top_p: float = 1.0  # 1 means no nucleus cut
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ProsvError(f'max_new_tokens={self.max_new_tokens}; ask for at least 1 token')
+    if self.temperature < 0:
+      raise ProsvError(f'temperature={self.temperature}; use 0 (greedy) or a positive value')
+    if not 0 < self.top_p <= 1:
+      raise ProsvError(f'top_p={self.top_p}; use a value in (0, 1]')
+    if self.top_k < 0:
+      raise ProsvError(f'top_k={self.top_k}; use 0 (off) or a positive count')
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> jax.Array:
+  """Next tokens [B] from fp32 logits [B, V]."""
+  if sampling.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / sampling.temperature
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if sampling.top_p < 1:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a token if the mass before it is below top_p: the top token always survives.
+    keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < sampling.top_p
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
+        keep_sorted)
+    logits = jnp.where(keep, logits, -jnp.inf)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'cache_size', 'steer_layer'))
+def prefill(params, cfg: ModelConfig, tokens, lengths, *, cache_size: int, steer=None,
+            steer_mask=None, steer_layer=None):
+  """Runs left-padded prompts [B, P] into a fresh cache; returns (last logits [B, V], cache)."""
+  b, p = tokens.shape
+  positions, valid = transformer.positions_from_lengths(lengths, p, left_padded=True)
+  dtype = params['embed']['embedding'].dtype
+  cache = transformer.init_cache(cfg, b, cache_size, dtype)
+  out = transformer.forward(params, cfg, tokens, positions, valid, cache=cache, steer=steer,
+                            steer_mask=steer_mask, steer_layer=steer_layer,
+                            compute_logits=False)
+  return transformer.head(params, cfg, out.hidden[:, -1]), out.cache
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'sampling', 'eos_ids', 'pad_id',
+                                             'steer_layer', 'steer_decode'))
+def decode(params, cfg: ModelConfig, cache, logits, lengths, rng, *, sampling: SamplingConfig,
+           eos_ids: tuple[int, ...], pad_id: int, steer=None, steer_layer=None,
+           steer_decode: bool = False):
+  """Samples up to sampling.max_new_tokens per row in one lax.while_loop.
+
+  Returns (tokens [B, max_new] with pad after a row's EOS, count [B] of tokens before EOS).
+  """
+  b = logits.shape[0]
+  n = sampling.max_new_tokens
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+  def pick(logits, rng, done):
+    tok = sample_logits(logits, rng, sampling)
+    return jnp.where(done, pad_id, tok), done | jnp.isin(tok, eos)
+
+  rng, first = jax.random.split(rng)
+  tok, done = pick(logits, first, jnp.zeros((b,), bool))
+  out = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(tok)
+  count = jnp.where(done, 0, 1)
+
+  def cond(state):
+    step, _, _, done, _, _, _ = state
+    return (step < n) & ~jnp.all(done)
+
+  def body(state):
+    step, cache, tok, done, out, count, rng = state
+    positions = (lengths + step - 1)[:, None].astype(jnp.int32)
+    fwd = transformer.forward(
+        params, cfg, tok[:, None], positions, jnp.ones((b, 1), bool), cache=cache,
+        steer=steer if steer_decode else None, steer_mask=jnp.ones((b, 1), bool),
+        steer_layer=steer_layer)
+    rng, key = jax.random.split(rng)
+    new_tok, new_done = pick(fwd.logits[:, 0], key, done)
+    out = out.at[:, step].set(new_tok)
+    count = count + (~new_done).astype(count.dtype)
+    return step + 1, fwd.cache, new_tok, new_done, out, count, rng
+
+  state = (jnp.int32(1), cache, tok, done, out, count, rng)
+  _, _, _, _, out, count, _ = jax.lax.while_loop(cond, body, state)
+  return out, count
+
+
+def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
+                 sampling: SamplingConfig = SamplingConfig(), seed: int = 0, steer=None,
+                 steer_mask_fn=None, steer_layer: int | None = None, steer_decode: bool = False,
+                 pad_to: int = 16) -> list[list[int]]:
+  """Generates for token-id prompts; returns each row's new tokens up to (not incl.) EOS.
+
+  steer_mask_fn(lengths [B], width P) -> bool [B, P] chooses the prompt positions to edit in
+  prefill (it sees left-padded rows). Prompt widths are rounded up to `pad_to` so that
+  prompts of similar length share one compiled prefill.
+  """
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ProsvError('generate needs at least one non-empty prompt')
+  if steer is not None:
+    cfg.check_layer(steer_layer)
+  width = -(-max(len(p) for p in prompts) // pad_to) * pad_to
+  pad_id = cfg.pad_id if cfg.pad_id is not None else 0
+  tokens = jnp.asarray([[pad_id] * (width - len(p)) + list(p) for p in prompts], jnp.int32)
+  lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
+  steer_mask = None
+  if steer is not None:
+    steer_mask = (steer_mask_fn(lengths, width) if steer_mask_fn is not None
+                  else transformer.positions_from_lengths(lengths, width, left_padded=True)[1])
+  logits, cache = prefill(params, cfg, tokens, lengths, cache_size=width + sampling.max_new_tokens,
+                          steer=steer, steer_mask=steer_mask, steer_layer=steer_layer)
+  out, count = decode(params, cfg, cache, logits, lengths, jax.random.key(seed),
+                      sampling=sampling, eos_ids=tuple(cfg.eos_ids), pad_id=pad_id, steer=steer,
+                      steer_layer=steer_layer, steer_decode=steer_decode)
+  out, count = jax.device_get((out, count))
+  return [list(map(int, row[:c])) for row, c in zip(out, count)]

@@ -18,4 +18,5 @@ def chat_prompt_text(tokenizer, instruction: str) -> str:
 
 def chat_prompt_ids(tokenizer, instruction: str) -> list[int]:
   # The template already writes BOS where the model wants one; don't let encode add another.
-  return tokenizer.encode(chat_prompt_text(tokenizer, instruction), add_special_tokens=False)
+  text = chat_prompt_text(tokenizer, instruction)
+  return tokenizer.encode(text, add_special_tokens=False)

@@ -143,3 +143,13 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
                       steer_layer=steer_layer, steer_decode=steer_decode)
   out, count = jax.device_get((out, count))
   return [list(map(int, row[:c])) for row, c in zip(out, count)]
+
+
+def generate_text(model, instructions: list[str], *, sampling: SamplingConfig = SamplingConfig(),
+                  seed: int = 0, **steer_kwargs) -> list[str]:
+  """Chat-templated generation for a loaded Model; steer_kwargs go to generate_ids."""
+  from prosv_jax.chat import chat_prompt_ids
+  prompts = [chat_prompt_ids(model.tokenizer, x) for x in instructions]
+  ids = generate_ids(model.params, model.cfg, prompts, sampling=sampling, seed=seed,
+                     **steer_kwargs)
+  return [model.tokenizer.decode(row, skip_special_tokens=True) for row in ids]

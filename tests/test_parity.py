@@ -6,57 +6,32 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
-import transformers  # noqa: E402
 
-from prosv_jax.models import config as config_lib  # noqa: E402
-from prosv_jax.models import convert, transformer  # noqa: E402
+from hf_fixtures import save_tiny_hf_model  # noqa: E402
+from prosv_jax.models import load, transformer  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
-TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            initializer_range=0.2)  # large enough that softmax and softcaps are not linear
+# Big enough weights that softmax and softcaps are far from linear.
+BIG = dict(num_hidden_layers=4, initializer_range=0.2)
 
 
-def tiny_torch_model(family: str, **overrides):
-  torch.manual_seed(0)
-  kw = dict(TINY, **overrides)
-  if family == 'llama':
-    cfg = transformers.LlamaConfig(**kw)
-    cls = transformers.LlamaForCausalLM
-  elif family == 'qwen2':
-    cfg = transformers.Qwen2Config(**kw)
-    cls = transformers.Qwen2ForCausalLM
-  elif family == 'gemma2':
-    kw.setdefault('head_dim', 16)
-    cfg = transformers.Gemma2Config(**kw)
-    cls = transformers.Gemma2ForCausalLM
-  elif family == 'gemma3':
-    kw.setdefault('head_dim', 16)
-    cfg = transformers.Gemma3TextConfig(**kw)
-    cls = transformers.Gemma3ForCausalLM
-  model = cls(cfg).eval()
-  with torch.no_grad():  # random, not-identity norm weights so norm conventions are tested
-    for name, p in model.named_parameters():
-      if 'norm' in name:
-        p.copy_(torch.randn_like(p) * 0.3 + (0.0 if family.startswith('gemma') else 1.0))
-  return model
-
-
-def jax_model(torch_model):
-  cfg = config_lib.from_hf_config(torch_model.config)
-  state = {k: v.detach().float().numpy() for k, v in torch_model.state_dict().items()}
-  return cfg, convert.params_from_hf(cfg, state)
+def load_pair(tmp_path, name):
+  """The same tiny random model as transformers' PyTorch module and through load_model."""
+  path, torch_model = save_tiny_hf_model(tmp_path, _family(name), **BIG, **FAMILIES[name])
+  model = load.load_model(path)
+  return torch_model, model.cfg, model.params
 
 
 FAMILIES = {
-    'llama': dict(),
+    'llama': dict(tie_word_embeddings=True),
     'llama_untied_bias_rope3': dict(
         tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
         rope_parameters={'rope_type': 'llama3', 'rope_theta': 500000.0, 'factor': 8.0,
                          'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
                          'original_max_position_embeddings': 64}),
-    'qwen2': dict(tie_word_embeddings=False),
+    'qwen2': dict(),
+    'qwen2_tied': dict(tie_word_embeddings=True),
     # window 4 over 12 tokens: the sliding layers really mask; softcaps small enough to bite.
     'gemma2': dict(sliding_window=4, attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
                    query_pre_attn_scalar=24),
@@ -75,9 +50,8 @@ def _family(name):
 
 @pytest.mark.parametrize('name', list(FAMILIES))
 @pytest.mark.parametrize('padding', ['none', 'right', 'left'])
-def test_logits_match_transformers(name, padding):
-  model = tiny_torch_model(_family(name), **FAMILIES[name])
-  cfg, params = jax_model(model)
+def test_logits_match_transformers(tmp_path, name, padding):
+  model, cfg, params = load_pair(tmp_path, name)
   rng = np.random.default_rng(1)
   b, t = 3, 12
   tokens = rng.integers(3, 128, size=(b, t))
@@ -93,11 +67,10 @@ def test_logits_match_transformers(name, padding):
   np.testing.assert_allclose(got[mask], ref[mask], atol=1e-4, rtol=1e-4)
 
 
-def test_sliding_window_and_softcap_are_exercised():
+def test_sliding_window_and_softcap_are_exercised(tmp_path):
   """Guards the parity test: turning the window or the caps off must change the logits."""
   import dataclasses
-  model = tiny_torch_model('gemma2', **FAMILIES['gemma2'])
-  cfg, params = jax_model(model)
+  _, cfg, params = load_pair(tmp_path, 'gemma2')
   tokens = jnp.asarray(np.random.default_rng(2).integers(3, 128, size=(1, 12)))
   pos, valid = transformer.positions_from_lengths(np.array([12]), 12, left_padded=False)
   base = transformer.forward(params, cfg, tokens, pos, valid).logits

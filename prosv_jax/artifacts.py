@@ -1,0 +1,440 @@
+"""Saving, loading and exporting trained steering vectors.
+
+A steering vector folder holds two files:
+  steering_vectors.safetensors  tensors `factor` [C] and `direction` [C, n], float32
+  steering_config.json          everything else: model, layer, positions, width, concepts
+                                ({index, concept_id, description} per row), the factor values,
+                                train_config, metrics and format_version
+
+The tensors are the source of truth; the factor list in the JSON is there for people reading it.
+
+`export_control_vector` writes one concept as a llama.cpp / repeng control vector (GGUF).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import warnings
+
+import gguf
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from prosv_jax import steer
+from prosv_jax.errors import ProsvError
+
+VECTORS_FILE = 'steering_vectors.safetensors'
+CONFIG_FILE = 'steering_config.json'
+FORMAT_VERSION = 1
+CONTROL_VECTOR_ARCH = 'controlvector'
+
+_RESAVE = 're-save it with prosv_jax.artifacts.save_vectors'
+_MAX_LISTED = 10  # concepts named in an index_of error before "... N more"
+
+
+@dataclasses.dataclass
+class SteeringVectors:
+  """A loaded steering vector set: float32 tensors plus the parsed steering_config.json."""
+  factor: np.ndarray  # [C]
+  direction: np.ndarray  # [C, n]
+  config: dict
+
+  @property
+  def layer(self) -> int | None:
+    return self.config.get('layer')
+
+  @property
+  def positions(self) -> str | None:
+    return self.config.get('positions')
+
+  @property
+  def width(self) -> int:
+    return int(self.direction.shape[1])
+
+  @property
+  def model(self):
+    return self.config.get('model')
+
+  @property
+  def concepts(self) -> list[dict]:
+    return self.config['concepts']
+
+  def params(self) -> dict:
+    """{'factor', 'direction'} as jax arrays, ready for prosv_jax.steer."""
+    return {'factor': jnp.asarray(self.factor), 'direction': jnp.asarray(self.direction)}
+
+  def index_of(self, concept: int | str) -> int:
+    """Row index of a concept.
+
+    An int is the row index itself. A str matches a concept_id (compared as text, so AxBench's
+    integer ids are passed as e.g. '12'), then a description exactly, then ignoring case.
+    """
+    count = len(self.factor)
+    if isinstance(concept, (int, np.integer)) and not isinstance(concept, bool):
+      if 0 <= concept < count:
+        return int(concept)
+      raise ProsvError(f'concept index {concept} is out of range; this set has {count} '
+                       f'concepts: {self._listing()}')
+    if not isinstance(concept, str):
+      raise ProsvError(f'concept must be an int index or a str concept_id/description, '
+                       f'got {type(concept).__name__}; available: {self._listing()}')
+    entries = self.concepts
+    by_id = [i for i, c in enumerate(entries)
+             if c.get('concept_id') is not None and str(c['concept_id']) == concept]
+    by_text = [i for i, c in enumerate(entries) if c.get('description') == concept]
+    folded = concept.strip().casefold()
+    by_folded = [i for i, c in enumerate(entries)
+                 if str(c.get('description') or '').strip().casefold() == folded]
+    for matches in (by_id, by_text, by_folded):
+      if len(matches) == 1:
+        return matches[0]
+      if len(matches) > 1:
+        raise ProsvError(f'concept {concept!r} matches rows {matches}; pass the row index '
+                         f'instead; available: {self._listing()}')
+    raise ProsvError(f'no concept {concept!r} in this set; pass a row index, concept_id or '
+                     f'description; available: {self._listing()}')
+
+  def _listing(self) -> str:
+    parts = []
+    for i, c in enumerate(self.concepts[:_MAX_LISTED]):
+      label = f'{i}'
+      if c.get('concept_id') is not None:
+        label += f' (id {c["concept_id"]})'
+      if c.get('description'):
+        label += f' {c["description"]!r}'
+      parts.append(label)
+    more = len(self.concepts) - _MAX_LISTED
+    return ', '.join(parts) + (f', ... {more} more' if more > 0 else '')
+
+
+def save_vectors(folder, steer_params: dict, config: dict) -> str:
+  """Writes steering_vectors.safetensors and steering_config.json into `folder`; returns it.
+
+  `config` holds model, layer, positions, concepts, train_config, metrics (any extra keys are
+  kept). width, factor and format_version are filled in from the tensors. Each file is written
+  under a temporary name and moved into place with os.replace, so a reader never sees a
+  half-written file.
+  """
+  factor, direction = _checked_tensors(steer_params)
+  count, width = direction.shape
+  cfg = _checked_config(config, count, width)
+  cfg['factor'] = [float(x) for x in factor]  # float32 -> float64 is exact
+  cfg = {'format_version': FORMAT_VERSION, **cfg}
+  try:
+    text = json.dumps(cfg, indent=2, default=_json_default) + '\n'
+  except (TypeError, ValueError) as e:
+    raise ProsvError(f'steering config is not JSON-serializable ({e}); pass plain numbers, '
+                     f'strings, lists and dicts') from None
+  tensors = safetensors.numpy.save({'factor': factor, 'direction': direction})
+  folder = os.fspath(folder)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ProsvError(f'cannot create steering vector folder {folder}: {e}; '
+                     f'pass a writable path') from None
+  _write_files(folder, {VECTORS_FILE: tensors, CONFIG_FILE: text.encode('utf-8')})
+  return folder
+
+
+def load_vectors(folder_or_file) -> SteeringVectors:
+  """Reads a folder written by save_vectors (or the path of either of its two files)."""
+  path = os.fspath(folder_or_file)
+  if not os.path.exists(path):
+    raise ProsvError(f'no such steering vector folder: {path}; pass the folder save_vectors '
+                     f'wrote (it holds {VECTORS_FILE} and {CONFIG_FILE})')
+  if os.path.isdir(path):
+    folder = path
+  elif os.path.basename(path) in (VECTORS_FILE, CONFIG_FILE):
+    folder = os.path.dirname(path) or '.'
+  elif path.endswith('.gguf'):
+    raise ProsvError(f'{path} is a GGUF file; read control vectors with '
+                     f'prosv_jax.artifacts.read_control_vector')
+  else:
+    raise ProsvError(f'{path} is not a steering vector folder; pass the folder save_vectors '
+                     f'wrote (it holds {VECTORS_FILE} and {CONFIG_FILE})')
+  for name in (CONFIG_FILE, VECTORS_FILE):
+    if not os.path.isfile(os.path.join(folder, name)):
+      raise ProsvError(f'{folder} has no {name}; pass the folder save_vectors wrote '
+                       f'(it holds {VECTORS_FILE} and {CONFIG_FILE}) or {_RESAVE}')
+  config = _read_config(os.path.join(folder, CONFIG_FILE))
+  factor, direction = _read_tensors(os.path.join(folder, VECTORS_FILE))
+  _check_against_tensors(config, direction, folder)
+  return SteeringVectors(factor=factor, direction=direction, config=config)
+
+
+def export_control_vector(path, steer_params, layer: int, concept: int | str = 0,
+                          model_hint: str = '') -> str:
+  """Writes one concept's factor * direction as a GGUF control vector; returns the path.
+
+  The file is what llama.cpp (`--control-vector`) and repeng (`ControlVector.import_gguf`)
+  read: general.architecture 'controlvector', 'controlvector.model_hint' (str),
+  'controlvector.layer_count' (uint32) and one float32 tensor 'direction.{layer}' of shape [n].
+
+  Layer numbering. Our `layer` L means the output of 0-indexed block L. llama.cpp adds
+  direction.i to the output of 0-indexed block i: every model graph calls
+  `build_cvec(cur, il)` at the end of block il (src/models/llama.cpp), which adds
+  `tensors[il]` (src/llama-adapter.cpp, llama_adapter_cvec::apply_to). repeng agrees: its
+  ControlModel wraps `model.layers[i]` and adds direction i to that block's output, reading
+  hidden_states[i + 1] when training (repeng/extract.py, repeng/control.py). So L maps to
+  direction.L. llama.cpp cannot steer block 0: tensors[0] is always null ("there's never a
+  tensor for layer 0", llama_adapter_cvec::init) and common_control_vector_load_one rejects
+  'direction.0' ("invalid (zero) direction tensor layer index", common/common.cpp), so
+  layer 0 is an error here.
+  (By our reading of tools/cvector-generator, llama.cpp's own generator names the vector
+  measured at block i's output direction.{i+1}, so its files apply one block later than
+  measured; read_control_vector returns the names as written.)
+
+  llama.cpp adds the vector at every position, prompt and generated tokens alike, so only
+  vectors trained with positions 'all' (FSSV) behave there as they did in training.
+
+  `steer_params` may also be a SteeringVectors; then `concept` may be an id or description
+  and `model_hint` defaults to its model.
+  """
+  if isinstance(steer_params, SteeringVectors):
+    vectors = steer_params
+    concept = vectors.index_of(concept)
+    if not model_hint and isinstance(vectors.model, str):
+      model_hint = vectors.model
+    if vectors.positions is not None and str(vectors.positions).strip().lower() != 'all':
+      warnings.warn(f'these vectors were trained at positions {vectors.positions!r}, but '
+                    f'llama.cpp applies control vectors at every token', stacklevel=2)
+    steer_params = vectors.params()
+  factor, direction = _checked_tensors(steer_params)
+  if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
+    raise ProsvError(f'layer must be a 0-indexed block number >= 1, got {layer!r}')
+  if layer == 0:
+    raise ProsvError('llama.cpp control vectors cannot steer block 0 (direction.0 is rejected '
+                     'by its loader); train at layer >= 1 to export')
+  if isinstance(concept, bool) or not isinstance(concept, (int, np.integer)):
+    raise ProsvError(f'concept must be a row index, got {concept!r}; pass a SteeringVectors '
+                     f'to select by id or description')
+  if not 0 <= concept < len(factor):
+    raise ProsvError(f'concept index {concept} is out of range for {len(factor)} concepts; '
+                     f'pass 0..{len(factor) - 1}')
+  vec = np.asarray(steer.vector({'factor': factor, 'direction': direction}, int(concept)),
+                   np.float32)
+  path = os.fspath(path)
+  folder = os.path.dirname(path) or '.'
+  if not os.path.isdir(folder):
+    raise ProsvError(f'no such folder for the control vector: {folder}; create it first')
+  tmp = _temp_name(folder, os.path.basename(path))
+  try:
+    writer = gguf.GGUFWriter(tmp, CONTROL_VECTOR_ARCH)
+    writer.add_string(f'{CONTROL_VECTOR_ARCH}.model_hint', str(model_hint))
+    writer.add_uint32(f'{CONTROL_VECTOR_ARCH}.layer_count', 1)
+    writer.add_tensor(f'direction.{int(layer)}', vec)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, path)
+  except OSError as e:
+    raise ProsvError(f'cannot write control vector {path}: {e}; check the folder is writable '
+                     f'and has space') from None
+  finally:
+    _remove_quietly(tmp)
+  return path
+
+
+def read_control_vector(path) -> dict[int, np.ndarray]:
+  """{layer: float32 vector [n]} from a GGUF control vector (ours, llama.cpp's or repeng's).
+
+  Keys are the numbers in the 'direction.{i}' tensor names, i.e. 0-indexed block outputs in
+  the convention described in export_control_vector.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ProsvError(f'no such control vector file: {path}; pass a .gguf written by '
+                     f'export_control_vector, llama.cpp or repeng')
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # gguf raises ValueError, struct.error, IndexError... on bad files
+    raise ProsvError(f'{path} is not a readable GGUF file ({type(e).__name__}: {e}); '
+                     f'pass a control vector .gguf') from None
+  field = reader.get_field('general.architecture')
+  arch = field.contents() if field is not None else None
+  if arch != CONTROL_VECTOR_ARCH:
+    raise ProsvError(f'{path} has general.architecture {arch!r}, not {CONTROL_VECTOR_ARCH!r}; '
+                     f'pass a control vector file, not a model')
+  vectors = {}
+  width = None
+  for tensor in reader.tensors:
+    prefix, _, index = tensor.name.partition('.')
+    if prefix != 'direction' or not index.isdigit():
+      raise ProsvError(f'{path} has tensor {tensor.name!r}; control vector tensors must be '
+                       f'named direction.<layer>')
+    if tensor.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+      raise ProsvError(f'{path}: {tensor.name} is {tensor.tensor_type.name}; control vectors '
+                       f'must be F32 (or F16)')
+    data = np.array(tensor.data, dtype=np.float32)  # copies out of the memory map
+    if data.ndim != 1 or (width is not None and data.shape[0] != width):
+      raise ProsvError(f'{path}: {tensor.name} has shape {list(data.shape)}; every direction '
+                       f'must be one vector of the model width')
+    width = data.shape[0]
+    vectors[int(index)] = data
+  if not vectors:
+    raise ProsvError(f'{path} holds no direction tensors; pass a control vector file')
+  return vectors
+
+
+def _checked_tensors(steer_params) -> tuple[np.ndarray, np.ndarray]:
+  """float32 numpy factor [C], direction [C, n], or a ProsvError naming the bad shape."""
+  if not isinstance(steer_params, dict) or not {'factor', 'direction'} <= steer_params.keys():
+    raise ProsvError("steering params must be a dict with 'factor' [C] and 'direction' [C, n]")
+  factor = np.asarray(steer_params['factor']).astype(np.float32)
+  direction = np.asarray(steer_params['direction']).astype(np.float32)
+  if factor.ndim != 1 or direction.ndim != 2:
+    raise ProsvError(f'steering params need factor [C] and direction [C, n], got factor '
+                     f'{list(factor.shape)} and direction {list(direction.shape)}')
+  if factor.shape[0] != direction.shape[0] or factor.shape[0] == 0 or direction.shape[1] == 0:
+    raise ProsvError(f'factor {list(factor.shape)} and direction {list(direction.shape)} '
+                     f'must share a concept count C >= 1 and have width n >= 1')
+  if not (np.isfinite(factor).all() and np.isfinite(direction).all()):
+    raise ProsvError('steering params hold NaN or inf (training diverged); lower the learning '
+                     'rate or save an earlier checkpoint')
+  return factor, direction
+
+
+def _checked_config(config: dict, count: int, width: int) -> dict:
+  """A copy of `config` with width and concepts filled in and checked against the tensors."""
+  if not isinstance(config, dict):
+    raise ProsvError(f'steering config must be a dict, got {type(config).__name__}')
+  cfg = dict(config)
+  if cfg.get('width') is not None and cfg['width'] != width:
+    raise ProsvError(f"config width {cfg['width']} does not match direction width {width}; "
+                     f'save the vectors trained for this model')
+  cfg['width'] = width
+  layer = cfg.get('layer')
+  if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer))
+                            or layer < 0):
+    raise ProsvError(f'config layer must be a 0-indexed block number, got {layer!r}')
+  if layer is not None:
+    cfg['layer'] = int(layer)
+  if cfg.get('positions') is not None:
+    if not isinstance(cfg['positions'], str):
+      raise ProsvError(f"config positions must be a spec string like 'p2+s2' or 'all', "
+                       f"got {cfg['positions']!r}")
+    steer.parse_positions(cfg['positions'])  # fails naming the valid forms
+  cfg['concepts'] = _checked_concepts(cfg.get('concepts'), count)
+  return cfg
+
+
+def _checked_concepts(concepts, count: int) -> list[dict]:
+  if concepts is None:
+    return [{'index': i, 'concept_id': None, 'description': ''} for i in range(count)]
+  if not isinstance(concepts, (list, tuple)) or len(concepts) != count:
+    got = len(concepts) if isinstance(concepts, (list, tuple)) else type(concepts).__name__
+    raise ProsvError(f'config concepts has {got} entries but the tensors hold {count} '
+                     f'concepts; pass one {{index, concept_id, description}} per row')
+  out = []
+  for i, c in enumerate(concepts):
+    if isinstance(c, str):
+      c = {'description': c}
+    if not isinstance(c, dict):
+      raise ProsvError(f'config concepts[{i}] is {c!r}; pass a dict with index, concept_id '
+                       f'and description')
+    if c.get('index', i) != i:
+      raise ProsvError(f"config concepts[{i}] has index {c['index']}; list concepts in row "
+                       f'order')
+    out.append({'index': i, 'concept_id': c.get('concept_id'),
+                'description': c.get('description', ''),
+                **{k: v for k, v in c.items() if k not in ('index', 'concept_id', 'description')}})
+  return out
+
+
+def _json_default(obj):
+  """numpy/jax scalars and arrays, dataclasses and ConfigDicts as plain JSON values."""
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if hasattr(obj, 'tolist') and hasattr(obj, 'shape'):  # numpy and jax arrays
+    return np.asarray(obj).tolist()
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    return dataclasses.asdict(obj)
+  if hasattr(obj, 'to_dict'):  # ml_collections.ConfigDict
+    return obj.to_dict()
+  raise TypeError(f'{type(obj).__name__} is not JSON-serializable')
+
+
+def _temp_name(folder: str, name: str) -> str:
+  # Hidden, unique per process and call; in the target folder so os.replace stays atomic.
+  return os.path.join(folder, f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+
+
+def _remove_quietly(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:
+    pass
+
+
+def _write_files(folder: str, contents: dict[str, bytes]) -> None:
+  """Writes every file to a temp name, then moves each into place; cleans up on failure."""
+  temps = {name: _temp_name(folder, name) for name in contents}
+  try:
+    for name, data in contents.items():
+      with open(temps[name], 'xb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    for name in contents:
+      os.replace(temps[name], os.path.join(folder, name))
+  except OSError as e:
+    raise ProsvError(f'cannot write steering vectors to {folder}: {e}; check the folder is '
+                     f'writable and has space') from None
+  finally:
+    for tmp in temps.values():
+      _remove_quietly(tmp)
+
+
+def _read_config(path: str) -> dict:
+  try:
+    with open(path, encoding='utf-8') as f:
+      config = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ProsvError(f'{path} is not valid JSON ({e}); fix it by hand or {_RESAVE}') from None
+  if not isinstance(config, dict):
+    raise ProsvError(f'{path} holds a JSON {type(config).__name__}, not an object; {_RESAVE}')
+  version = config.get('format_version')
+  if version != FORMAT_VERSION:
+    raise ProsvError(f'{path} has format_version {version!r}; this prosv_jax reads version '
+                     f'{FORMAT_VERSION}; use the prosv_jax that wrote it or {_RESAVE}')
+  return config
+
+
+def _read_tensors(path: str) -> tuple[np.ndarray, np.ndarray]:
+  try:
+    tensors = safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError) as e:
+    raise ProsvError(f'{path} is truncated or corrupt ({e}); {_RESAVE}') from None
+  for name in ('factor', 'direction'):
+    if name not in tensors:
+      raise ProsvError(f'{path} has no {name!r} tensor (found {sorted(tensors)}); {_RESAVE}')
+    if tensors[name].dtype != np.float32:
+      raise ProsvError(f'{path}: {name!r} is {tensors[name].dtype}, not float32; {_RESAVE}')
+  factor, direction = tensors['factor'], tensors['direction']
+  if factor.ndim != 1 or direction.ndim != 2 or factor.shape[0] != direction.shape[0]:
+    raise ProsvError(f'{path} holds factor {list(factor.shape)} and direction '
+                     f'{list(direction.shape)}; expected [C] and [C, n]; {_RESAVE}')
+  return factor, direction
+
+
+def _check_against_tensors(config: dict, direction: np.ndarray, folder: str) -> None:
+  count, width = direction.shape
+  concepts = config.get('concepts')
+  values = config.get('factor')
+  problems = []
+  if not isinstance(concepts, list) or len(concepts) != count:
+    problems.append(f'{len(concepts) if isinstance(concepts, list) else "no"} concepts')
+  if config.get('width') != width:
+    problems.append(f"width {config.get('width')!r}")
+  if isinstance(values, list) and len(values) != count:
+    problems.append(f'{len(values)} factor values')
+  if problems:
+    raise ProsvError(f'{folder}: {CONFIG_FILE} says {", ".join(problems)} but '
+                     f'{VECTORS_FILE} holds {count} concepts of width {width}; the two files '
+                     f'come from different saves; {_RESAVE}')

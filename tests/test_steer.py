@@ -1,0 +1,93 @@
+"""The steering transform: specs, masks, init statistics, per-row concepts, factor 0."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prosv_jax import steer
+from prosv_jax.errors import ProsvError
+from prosv_jax.models import transformer
+from prosv_jax.models.config import ModelConfig
+
+
+@pytest.mark.parametrize('spec,want', [
+    ('p2+s2', steer.Positions(first=2, last=2)), ('p3', steer.Positions(first=3)),
+    ('s1', steer.Positions(last=1)), ('prompt', steer.Positions(whole_prompt=True)),
+    ('all', steer.Positions(full_sequence=True)), (' P1+S4 ', steer.Positions(first=1, last=4))])
+def test_parse_valid_specs(spec, want):
+  assert steer.parse_positions(spec) == want
+
+
+@pytest.mark.parametrize('spec', ['', 'p', 'p2s2', '+s2', 's2+p2', 'p2+', 'x3', 'p0', 'first2'])
+def test_parse_rejects_with_valid_forms(spec):
+  with pytest.raises(ProsvError, match='valid forms: pN, sM, pN\\+sM'):
+    steer.parse_positions(spec)
+
+
+def test_mask_counts_on_each_rows_own_prompt():
+  prompt_len = jnp.array([5, 3, 1])
+  length = jnp.array([8, 6, 1])
+  got = np.asarray(steer.position_mask(steer.parse_positions('p2+s2'), prompt_len, length, 9))
+  want = np.zeros((3, 9), bool)
+  want[0, [0, 1, 3, 4]] = True
+  want[1, [0, 1, 2]] = True  # first 2 and last 2 overlap on a 3-token prompt
+  want[2, [0]] = True  # never more than the prompt
+  np.testing.assert_array_equal(got, want)
+  full = np.asarray(steer.position_mask(steer.parse_positions('all'), prompt_len, length, 9))
+  np.testing.assert_array_equal(full, np.arange(9)[None] < np.asarray(length)[:, None])
+  prompt = np.asarray(steer.position_mask(steer.parse_positions('prompt'), prompt_len, length, 9))
+  np.testing.assert_array_equal(prompt, np.arange(9)[None] < np.asarray(prompt_len)[:, None])
+
+
+@pytest.mark.parametrize('spec', ['p2+s2', 'p1', 's3', 'prompt', 'all'])
+def test_left_padding_shifts_the_mask_with_the_row(spec):
+  pos = steer.parse_positions(spec)
+  prompt_len, length, width = jnp.array([5, 3]), jnp.array([7, 4]), 10
+  right = np.asarray(steer.position_mask(pos, prompt_len, length, width))
+  pad = width - length
+  left = np.asarray(steer.position_mask(pos, prompt_len, length, width, pad_left=pad))
+  for row in range(2):
+    np.testing.assert_array_equal(left[row, int(pad[row]):], right[row, :int(length[row])])
+    assert not left[row, :int(pad[row])].any()  # padding is never edited
+
+
+def test_init_statistics():
+  n, beta, s = 2304, 4.0, 8.0
+  p = steer.init_steer_params(jax.random.key(42), n, 20, beta, s)
+  np.testing.assert_allclose(np.asarray(p['factor']), beta * math.sqrt(n))
+  d = np.asarray(p['direction'])
+  bound = s / math.sqrt(n)
+  assert d.shape == (20, n) and d.dtype == np.float32
+  assert np.abs(d).max() <= bound and np.abs(d).max() > 0.99 * bound
+  # ||v0|| ~ s / sqrt(3): each norm within 5 sigma (sigma ~ 0.93% here), their mean within 1%.
+  norms = np.linalg.norm(d, axis=-1)
+  np.testing.assert_allclose(norms, s / math.sqrt(3), rtol=0.05)
+  np.testing.assert_allclose(norms.mean(), s / math.sqrt(3), rtol=0.01)
+  np.testing.assert_allclose(d.mean(), 0.0, atol=4 * bound / math.sqrt(3 * d.size))
+
+
+def test_each_row_uses_its_own_concept():
+  params = {'factor': jnp.array([1.0, 2.0]), 'direction': jnp.array([[1.0, 0.0], [0.0, 1.0]])}
+  h = jnp.zeros((3, 2, 2))
+  out = np.asarray(steer.apply_steer(params, jnp.array([0, 1, 0]), h))
+  np.testing.assert_array_equal(out[:, 0], [[1, 0], [0, 2], [1, 0]])
+
+
+def test_factor_zero_is_bit_identical():
+  cfg = ModelConfig(family='llama', vocab_size=61, hidden_size=32, intermediate_size=40,
+                    num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 61, (2, 7)))
+  pos, valid = transformer.positions_from_lengths(np.array([7, 4]), 7, False)
+  sp = steer.init_steer_params(jax.random.key(1), 32, 2, 0.0, 8.0)
+  base = transformer.forward(params, cfg, tokens, pos, valid).logits
+  zero = transformer.forward(params, cfg, tokens, pos, valid, steer=steer.steer_fn(sp, [0, 1]),
+                             steer_mask=jnp.ones((2, 7), bool), steer_layer=1).logits
+  assert np.array_equal(np.asarray(base), np.asarray(zero))
+  sp['factor'] = jnp.ones(2)
+  one = transformer.forward(params, cfg, tokens, pos, valid, steer=steer.steer_fn(sp, [0, 1]),
+                            steer_mask=jnp.ones((2, 7), bool), steer_layer=1).logits
+  assert not np.array_equal(np.asarray(base), np.asarray(one))

@@ -136,6 +136,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
   if steer is not None:
     steer_mask = (steer_mask_fn(lengths, width) if steer_mask_fn is not None
                   else transformer.positions_from_lengths(lengths, width, left_padded=True)[1])
+    steer_mask = jnp.asarray(steer_mask, bool)
   logits, cache = prefill(params, cfg, tokens, lengths, cache_size=width + sampling.max_new_tokens,
                           steer=steer, steer_mask=steer_mask, steer_layer=steer_layer)
   out, count = decode(params, cfg, cache, logits, lengths, jax.random.key(seed),

@@ -1,0 +1,211 @@
+"""A training job in a workdir: logs, orbax checkpoints, resume, exported vectors, summary."""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from prosv_jax import artifacts, data, steer
+from prosv_jax.errors import ProsvError
+from prosv_jax.models.load import Model
+from prosv_jax.train import Trainer
+from prosv_jax.train_step import lower_hidden_jit
+
+
+def _checkpoints(workdir: str) -> ocp.CheckpointManager:
+  # Synchronous saves: a checkpoint that exists is complete (orbax renames a finished temp
+  # directory into place, so a kill mid-save leaves the previous checkpoint as the latest).
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+                               options=options)
+
+
+def _restore(manager, state):
+  step = manager.latest_step()
+  if step is None:
+    return state, 0
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ProsvError(f'cannot resume from checkpoint step {step} in {manager.directory} '
+                     f'({type(e).__name__}); the config changed since it was written? '
+                     f'use a new workdir or delete that folder') from e
+  return restored, int(restored['step'])
+
+
+def _trim_metrics(path: str, last_step: int):
+  """Drops log lines past the checkpoint we resume from (they will be logged again)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    keep = [line for line in f if line.strip() and json.loads(line)['step'] <= last_step]
+  with open(path, 'w') as f:
+    f.writelines(keep)
+
+
+def _check_same_config(workdir: str, config_json: str):
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    new = json.loads(config_json)
+    changed = sorted(k for k in set(old) | set(new)
+                     if k not in ('workdir', 'show') and old.get(k) != new.get(k))
+    if changed:
+      raise ProsvError(f'{workdir} holds a run with another config (differs in: '
+                       f'{", ".join(changed)}); use a new --config.workdir to start afresh')
+
+
+def train_and_export(config, model: Model | None = None, max_steps: int | None = None) -> dict:
+  """Runs (or resumes) the job described by `config`; returns the summary dict.
+
+  max_steps stops early after that many steps in total (checkpointed), for tests and demos.
+  """
+  workdir = config.workdir
+  config_json = config.to_json_best_effort(sort_keys=True)
+  os.makedirs(workdir, exist_ok=True)
+  _check_same_config(workdir, config_json)
+  trainer = Trainer(config, model)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config_json)
+
+  manager = _checkpoints(workdir)
+  state, start = _restore(manager, trainer.init_state())
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  _trim_metrics(metrics_path, start)
+  if start:
+    print(f'resuming from step {start} of {trainer.total_steps} ({manager.directory})')
+
+  t0 = time.time()
+  trainer.bank = trainer.build_bank()
+  if config.train.loss == 'simpo':
+    trainer.ref_logp = trainer.compute_reference()
+  setup_s = time.time() - t0
+
+  every = int(config.train.checkpoint_every)
+  stop = trainer.total_steps if max_steps is None else min(max_steps, trainer.total_steps)
+  tokens = 0
+  t0 = time.time()
+  bar = tqdm(range(start, stop), initial=start, total=trainer.total_steps, unit='step',
+             desc=f'{config.positions} L{trainer.layer}', dynamic_ncols=True)
+  with open(metrics_path, 'a') as log:
+    for step in bar:
+      state, m = trainer.step(state, step)
+      m = jax.device_get(m)
+      if not m['finite']:
+        manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        raise ProsvError(f'non-finite loss or gradient at step {step}; the last good state is '
+                         f'saved in {manager.directory}; lower optim.factor_lr / '
+                         f'optim.direction_lr or steer.beta and start a new workdir')
+      tokens += sum(trainer.flat[r].length for r in trainer.batch_rows(step))
+      loss = float(np.mean(m['loss']))
+      bar.set_postfix(loss=f'{loss:.3f}', factor=f'{float(np.mean(m["factor"])):.2f}')
+      if (step + 1) % int(config.train.log_every) == 0 or step + 1 == stop:
+        log.write(json.dumps({'step': step + 1, 'loss': loss,
+                              'loss_per_concept': np.round(m['loss'], 5).tolist(),
+                              'factor': np.round(m['factor'], 5).tolist(),
+                              'direction_norm': np.round(m['direction_norm'], 5).tolist(),
+                              'direction_grad_norm': np.round(m['direction_grad_norm'],
+                                                              5).tolist()}) + '\n')
+        log.flush()
+      if (step + 1) % every == 0 or step + 1 == stop:
+        manager.save(step + 1, args=ocp.args.StandardSave(state), force=True)
+  train_s = time.time() - t0
+  manager.wait_until_finished()
+  done = int(state['step'])
+  summary = _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start)
+  if done == trainer.total_steps:
+    summary['artifacts'] = _export(trainer, state, config, summary)
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return summary
+
+
+def _last_epoch_loss(metrics_path: str, steps_per_epoch: int, done: int):
+  with open(metrics_path) as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  recent = [m['loss_per_concept'] for m in lines if m['step'] > done - steps_per_epoch]
+  return np.mean(recent, axis=0).tolist() if recent else None
+
+
+def _residual_rms(trainer: Trainer) -> float:
+  """RMS of block-L outputs over real tokens: the scale the steering vector competes with."""
+  rows = list(range(min(len(trainer.flat), trainer.batch_size)))
+  b = trainer.make_batch(rows) if not trainer.concepts.losers else None
+  if b is None:
+    return float('nan')
+  h = lower_hidden_jit(trainer.model.params, trainer.model.cfg, trainer.layer, b['tokens'],
+                       b['length'])
+  valid = jnp.arange(h.shape[1])[None] < b['length'][:, None]
+  sq = jnp.where(valid[..., None], jnp.square(h.astype(jnp.float32)), 0.0)
+  return float(jnp.sqrt(sq.sum() / (valid.sum() * h.shape[-1])))
+
+
+def _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start) -> dict:
+  params = jax.device_get(state['steer'])
+  ran = done - start
+  return {
+      'model': trainer.config.model, 'layer': trainer.layer, 'positions': trainer.config.positions,
+      'width': trainer.width, 'loss_kind': trainer.config.train.loss,
+      'concept_ids': trainer.concepts.ids, 'concepts': trainer.concepts.descriptions,
+      'steps': done, 'total_steps': trainer.total_steps,
+      'final_loss': _last_epoch_loss(metrics_path, trainer.steps_per_epoch, done),
+      'factor': np.asarray(params['factor']).tolist(),
+      'direction_norm': np.linalg.norm(params['direction'], axis=-1).tolist(),
+      'residual_rms': _residual_rms(trainer),
+      'hidden_cache': trainer.bank is not None,
+      'setup_s': round(setup_s, 2), 'train_s': round(train_s, 2),
+      'steps_per_s': round(ran / train_s, 4) if ran and train_s else None,
+      'tokens_per_s': round(tokens / train_s, 1) if ran and train_s else None,
+  }
+
+
+def _export(trainer: Trainer, state, config, summary) -> dict:
+  folder = os.path.join(config.workdir, 'vectors')
+  params = jax.device_get(state['steer'])
+  meta = {
+      'model': config.model, 'layer': trainer.layer, 'positions': config.positions,
+      'width': trainer.width,
+      'concepts': [{'index': k, 'concept_id': cid, 'description': desc} for k, (cid, desc)
+                   in enumerate(zip(trainer.concepts.ids, trainer.concepts.descriptions))],
+      'training': json.loads(config.to_json_best_effort()),
+      'metrics': {'final_loss': summary['final_loss']},
+  }
+  out = {'vectors': artifacts.save_vectors(folder, params, meta)}
+  try:
+    for k, cid in enumerate(trainer.concepts.ids):
+      path = os.path.join(config.workdir, f'control_vector_concept{cid}.gguf')
+      artifacts.export_control_vector(path, params, trainer.layer, concept=k,
+                                      model_hint=trainer.model.cfg.family)
+    out['control_vectors'] = os.path.join(config.workdir, 'control_vector_concept*.gguf')
+  except ProsvError as e:  # e.g. llama.cpp cannot steer block 0
+    out['control_vectors'] = f'not exported: {e}'
+  return out
+
+
+def show_generations(model: Model, params, concept: int, layer: int, positions: str,
+                     instructions: list[str], max_new_tokens: int, seed: int = 0,
+                     temperature: float = 0.0) -> list[tuple[str, str, str]]:
+  """(instruction, unsteered answer, steered answer) for each instruction."""
+  from prosv_jax.sampling import SamplingConfig, generate_text
+  sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+  plain = generate_text(model, instructions, sampling=sampling, seed=seed)
+  kwargs = steer.generation_kwargs(params, concept, layer, steer.parse_positions(positions),
+                                   len(instructions))
+  steered = generate_text(model, instructions, sampling=sampling, seed=seed, **kwargs)
+  return list(zip(instructions, plain, steered))
+
+
+def held_out_instructions(config, n: int) -> list[str]:
+  """Instructions training did not see: the demo's own list, or AxBench's shared negatives."""
+  if config.data.source == 'demo':
+    return list(data.DEMO_EVAL_INSTRUCTIONS[:n])
+  table = data.read_concept_table(config.data.source, split='train')
+  return list(table[table['concept_id'] == -1]['input'].drop_duplicates()[:n])

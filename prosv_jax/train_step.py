@@ -1,0 +1,129 @@
+"""The jitted training step: losses over response tokens, gradients for steering params only.
+
+The frozen weights are a plain argument (never differentiated, copied or donated); the
+steering state is donated. The step starts from block L's output, either read from a bank
+computed once per example (blocks 0..L never run again) or recomputed from tokens; either way
+no activations of blocks 0..L are kept for the backward pass, which covers blocks L+1.. only.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from prosv_jax import optim, steer
+from prosv_jax.models import transformer
+
+
+def lower_hidden(frozen, cfg, layer: int, tokens, length):
+  """Block `layer`'s output [B, T, D] for right-padded rows: the part steering cannot change."""
+  pos, valid = transformer.positions_from_lengths(length, tokens.shape[1], left_padded=False)
+  ctx = transformer._context(cfg, pos, valid, None)  # pylint: disable=protected-access
+  h = transformer.embed(frozen, cfg, tokens)
+  return transformer.run_blocks(frozen, cfg, h, ctx, 0, layer + 1)
+
+
+lower_hidden_jit = jax.jit(lower_hidden, static_argnames=('cfg', 'layer'))
+
+
+def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer_params,
+                      batch: dict, h_low, response_width: int):
+  """Log-probs [B, R] of each response token (0 where absent) and the mask [B, R].
+
+  The LM head runs only at the R positions that predict response tokens.
+  """
+  tokens = batch['tokens']
+  b, t = tokens.shape
+  pos, valid = transformer.positions_from_lengths(batch['length'], t, left_padded=False)
+  ctx = transformer._context(cfg, pos, valid, None)  # pylint: disable=protected-access
+  if h_low is None:
+    h_low = lower_hidden(frozen, cfg, layer, tokens, batch['length'])
+  if steer_params is not None:
+    mask = steer.position_mask(positions, batch['prompt_len'], batch['length'], t)
+    edited = steer.apply_steer(steer_params, batch['concept'], h_low)
+    h_low = jnp.where(mask[..., None], edited, h_low)
+  h = transformer.run_blocks(frozen, cfg, h_low, ctx, layer + 1, cfg.num_layers)
+  # Position i predicts token i + 1; response tokens sit at prompt_len .. length - 1.
+  src = batch['prompt_len'][:, None] - 1 + jnp.arange(response_width)[None, :]
+  present = src + 1 < batch['length'][:, None]
+  src = jnp.clip(src, 0, t - 1)
+  h_resp = jnp.take_along_axis(h, src[..., None], axis=1)  # [B, R, D]
+  logits = transformer.head(frozen, cfg, h_resp)  # [B, R, V] fp32
+  target = jnp.take_along_axis(tokens, jnp.clip(src + 1, 0, t - 1), axis=1)
+  picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
+  logp = picked - jax.nn.logsumexp(logits, axis=-1)
+  return jnp.where(present, logp, 0.0), present
+
+
+def lang_loss(logp, present, concept, num_concepts: int):
+  """Token-mean cross-entropy per concept [K]; the total is their sum (gradients separate)."""
+  nll = jax.ops.segment_sum(-logp.sum(-1), concept, num_concepts)
+  count = jax.ops.segment_sum(present.sum(-1).astype(jnp.float32), concept, num_concepts)
+  return nll / jnp.maximum(count, 1.0)
+
+
+def simpo_loss(logp, present, concept, ref_logp, num_concepts: int):
+  """RePS-style preference loss per concept [K] over rows laid out [winners; losers].
+
+  r = max(ref(y_l) - ref(y_w), 1); loss = -log sigmoid(r/|y_w| logp(y_w) - logp(y_l)/|y_l|).
+  """
+  half = logp.shape[0] // 2
+  total = logp.sum(-1)
+  count = jnp.maximum(present.sum(-1).astype(jnp.float32), 1.0)
+  w, l = total[:half], total[half:]
+  r = jnp.maximum(ref_logp[half:] - ref_logp[:half], 1.0)
+  pair = -jax.nn.log_sigmoid(r / count[:half] * w - l / count[half:])
+  sums = jax.ops.segment_sum(pair, concept[:half], num_concepts)
+  pairs = jax.ops.segment_sum(jnp.ones_like(pair), concept[:half], num_concepts)
+  return sums / jnp.maximum(pairs, 1.0)
+
+
+def loss_fn(steer_params, frozen, cfg, layer, positions, loss_kind, num_concepts, batch, h_low,
+            response_width):
+  logp, present = response_logprobs(frozen, cfg, layer, positions, steer_params, batch, h_low,
+                                    response_width)
+  if loss_kind == 'simpo':
+    per_concept = simpo_loss(logp, present, batch['concept'], batch['ref_logp'], num_concepts)
+  else:
+    per_concept = lang_loss(logp, present, batch['concept'], num_concepts)
+  return per_concept.sum(), per_concept
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'layer', 'positions', 'loss_kind',
+                                             'num_concepts', 'optimizer', 'response_width'),
+                   donate_argnames=('state',))
+def train_step(state, frozen, batch, bank, *, cfg, layer, positions, loss_kind, num_concepts,
+               optimizer, response_width):
+  """One update of every concept's steering params. `bank` is [N, W, D] or None.
+
+  A non-finite loss or gradient leaves the state as it was and reports finite=False, so the
+  caller can save the last good state before stopping.
+  """
+  h_low = None
+  if bank is not None:
+    h_low = bank[batch['rows'], :batch['tokens'].shape[1]]
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, per_concept), grads = grad_fn(state['steer'], frozen, cfg, layer, positions, loss_kind,
+                                       num_concepts, batch, h_low, response_width)
+  updates, opt_state = optimizer.update(grads, state['opt'], state['steer'])
+  new = {'steer': optax.apply_updates(state['steer'], updates), 'opt': opt_state,
+         'step': state['step'] + 1}
+  ok = optim.finite(loss) & optim.finite(grads)
+  new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+  metrics = {
+      'loss': per_concept,
+      'finite': ok,
+      'direction_grad_norm': jnp.linalg.norm(grads['direction'], axis=-1),
+      'factor': new['steer']['factor'],
+      'direction_norm': jnp.linalg.norm(new['steer']['direction'], axis=-1),
+  }
+  return new, metrics
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'layer', 'response_width'))
+def reference_logprobs(frozen, batch, *, cfg, layer, response_width):
+  """Summed log-probs [B] of each row's response under the unsteered model (SimPO reference)."""
+  logp, _ = response_logprobs(frozen, cfg, layer, steer.Positions(), None, batch, None,
+                              response_width)
+  return logp.sum(-1)

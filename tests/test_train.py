@@ -1,0 +1,221 @@
+"""Joint training on a tiny random model: multi-concept, the block-L bank, resume, bad input."""
+
+import io
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.ad_checkpoint
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
+
+from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
+from prosv_jax import train_step  # noqa: E402
+from prosv_jax.artifacts import load_vectors  # noqa: E402
+from prosv_jax.config import base_config  # noqa: E402
+from prosv_jax.errors import ProsvError  # noqa: E402
+from prosv_jax.models.load import load_model  # noqa: E402
+from prosv_jax.run import train_and_export  # noqa: E402
+from prosv_jax.train import Trainer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def tiny_model_path(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('tiny')
+  path, _ = save_tiny_hf_model(folder, 'llama', num_hidden_layers=3, initializer_range=0.1)
+  save_tiny_tokenizer(path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tiny_model_path):
+  return load_model(tiny_model_path)
+
+
+def tiny_config(model_path, workdir, **overrides):
+  c = base_config()
+  c.model = model_path
+  c.layer = 1
+  c.workdir = str(workdir)
+  c.data.concepts = (0,)
+  c.data.max_examples = 8
+  c.data.max_response_tokens = 24
+  c.train.batch_size = 4
+  c.train.epochs = 2
+  c.train.checkpoint_every = 2
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def final_params(workdir):
+  v = load_vectors(os.path.join(workdir, 'vectors'))
+  return v.factor, v.direction
+
+
+@pytest.mark.parametrize('positions', ['p2+s2', 'all'])
+def test_multi_concept_equals_single_concept(tmp_path, tiny_model, tiny_model_path, positions):
+  together = train_and_export(tiny_config(tiny_model_path, tmp_path / 'k3', positions=positions,
+                                          **{'data.concepts': (0, 1, 2)}), tiny_model)
+  f3, d3 = final_params(tmp_path / 'k3')
+  for k, cid in enumerate((0, 1, 2)):
+    train_and_export(tiny_config(tiny_model_path, tmp_path / f'c{cid}', positions=positions,
+                                 **{'data.concepts': (cid,)}), tiny_model)
+    f1, d1 = final_params(tmp_path / f'c{cid}')
+    np.testing.assert_allclose(f3[k], f1[0], rtol=1e-5)
+    np.testing.assert_allclose(d3[k], d1[0], rtol=1e-4, atol=1e-6)
+  assert len(together['final_loss']) == 3
+  assert not np.allclose(d3[0], d3[1])  # the concepts really learnt different things
+
+
+def test_bank_equals_recomputing(tmp_path, tiny_model, tiny_model_path):
+  banked = train_and_export(tiny_config(tiny_model_path, tmp_path / 'bank'), tiny_model)
+  fresh = train_and_export(tiny_config(tiny_model_path, tmp_path / 'nobank',
+                                       **{'train.cache_hidden': False}), tiny_model)
+  assert banked['hidden_cache'] and not fresh['hidden_cache']
+  fb, db = final_params(tmp_path / 'bank')
+  fr, dr = final_params(tmp_path / 'nobank')
+  np.testing.assert_allclose(fb, fr, rtol=1e-5)
+  np.testing.assert_allclose(db, dr, rtol=1e-4, atol=1e-6)
+  over = train_and_export(tiny_config(tiny_model_path, tmp_path / 'over',
+                                      **{'train.cache_budget_gb': 1e-9}), tiny_model)
+  assert not over['hidden_cache']  # over budget: recompute, same job otherwise
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path, tiny_model, tiny_model_path):
+  config = tiny_config(tiny_model_path, tmp_path / 'w', **{'train.epochs': 6})
+  trainer = Trainer(config, tiny_model)
+  batch = trainer.make_batch(list(range(8)))
+  batch.pop('rows')
+
+  def loss(params):
+    value, _ = train_step.loss_fn(params, tiny_model.params, tiny_model.cfg, 1,
+                                  trainer.positions, 'lang', 1, batch, None,
+                                  trainer.response_width(batch))
+    return float(value)
+
+  before = loss(trainer.init_state()['steer'])
+  train_and_export(config, tiny_model)
+  after = loss(load_vectors(os.path.join(config.workdir, 'vectors')).params())
+  assert after < before - 0.05, (before, after)
+
+
+def _saved_residual_bytes(fn, *args) -> int:
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(fn, *args)
+  total = 0
+  for dtype, shape in re.findall(r'(f32|bf16|i32|bool)\[([\d,]*)\]', out.getvalue()):
+    size = int(np.prod([int(d) for d in shape.split(',') if d])) if shape else 1
+    total += size * (2 if dtype == 'bf16' else 1 if dtype == 'bool' else 4)
+  return total
+
+
+def test_backward_keeps_no_activations_of_blocks_below_the_layer(tmp_path, tiny_model,
+                                                                  tiny_model_path):
+  """Recomputing blocks 0..L inside the loss saves no more for the backward pass than starting
+  from a precomputed block-L output: autodiff never reaches the lower blocks."""
+  trainer = Trainer(tiny_config(tiny_model_path, tmp_path / 'r'), tiny_model)
+  batch = trainer.make_batch(list(range(4)))
+  batch.pop('rows')
+  width = trainer.response_width(batch)
+  params = trainer.init_state()['steer']
+  m, cfg = tiny_model.params, tiny_model.cfg
+
+  def loss_at(layer, h_low):
+    return lambda p: train_step.loss_fn(p, m, cfg, layer, trainer.positions, 'lang', 1, batch,
+                                        h_low, width)[0]
+
+  h_low = train_step.lower_hidden(m, cfg, 1, batch['tokens'], batch['length'])
+  from_bank = _saved_residual_bytes(loss_at(1, h_low), params)
+  recompute = _saved_residual_bytes(loss_at(1, None), params)
+  assert from_bank > 0
+  assert recompute <= from_bank + h_low.size * 4
+  # A lower steering layer has more blocks above it, hence more saved activations.
+  assert _saved_residual_bytes(loss_at(0, None), params) > recompute
+
+
+def test_non_finite_loss_stops_with_the_step_and_saves(tmp_path, tiny_model, tiny_model_path):
+  config = tiny_config(tiny_model_path, tmp_path / 'nan', **{'steer.beta': float('inf')})
+  with pytest.raises(ProsvError, match=r'non-finite loss or gradient at step 0; .*saved'):
+    train_and_export(config, tiny_model)
+  assert os.listdir(tmp_path / 'nan' / 'checkpoints')
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'train.loss': 'mse'}, "train.loss='mse'; use one of lang, simpo"),
+    ({'positions': 'first2'}, 'valid forms'),
+    ({'layer': 3}, 'pick a layer in 0..2'),
+    ({'data.concepts': (7,)}, 'concept'),
+    ({'data.concepts': ()}, 'data.concepts is empty'),
+    ({'train.batch_size': 0}, 'train.batch_size=0'),
+    ({'data.source': '/nonexistent/data.parquet'}, 'nonexistent'),
+])
+def test_bad_configs_are_rejected_before_compute(tmp_path, tiny_model, tiny_model_path,
+                                                  overrides, message):
+  with pytest.raises(ProsvError, match=re.escape(message) if '(' not in message else message):
+    Trainer(tiny_config(tiny_model_path, tmp_path / 'bad', **overrides), tiny_model)
+
+
+def test_changed_config_in_an_existing_workdir_is_refused(tmp_path, tiny_model, tiny_model_path):
+  train_and_export(tiny_config(tiny_model_path, tmp_path / 'w'), tiny_model)
+  with pytest.raises(ProsvError, match='differs in: optim'):
+    train_and_export(tiny_config(tiny_model_path, tmp_path / 'w', **{'optim.factor_lr': 3.0}),
+                     tiny_model)
+
+
+def _train_cmd(model_path, workdir):
+  return [sys.executable, os.path.join(ROOT, 'launch', 'train.py'),
+          f'--config={os.path.join(ROOT, "configs", "prosv.py")}', f'--config.model={model_path}',
+          '--config.layer=1', f'--config.workdir={workdir}', '--config.data.concepts=0,1',
+          '--config.data.max_examples=8', '--config.data.max_response_tokens=16',
+          '--config.train.batch_size=4', '--config.train.epochs=40',
+          '--config.train.checkpoint_every=5']
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_model_path):
+  """SIGKILL a real training process mid-run, rerun the same command, compare with a run that
+  was never interrupted."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  straight = tmp_path / 'straight'
+  subprocess.run(_train_cmd(tiny_model_path, straight), check=True, env=env,
+                 capture_output=True, timeout=600)
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(_train_cmd(tiny_model_path, killed), env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = killed / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 23:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'summary.json').exists()
+  steps = [int(s) for s in os.listdir(killed / 'checkpoints') if s.isdigit()]
+  assert steps and max(steps) < 80
+  result = subprocess.run(_train_cmd(tiny_model_path, killed), check=True, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert f'resuming from step {max(steps)}' in result.stdout
+  f1, d1 = final_params(straight)
+  f2, d2 = final_params(killed)
+  np.testing.assert_allclose(f2, f1, rtol=1e-6)
+  np.testing.assert_allclose(d2, d1, rtol=1e-6, atol=1e-8)
+  lines = [json.loads(x) for x in (killed / 'metrics.jsonl').read_text().splitlines()]
+  assert [x['step'] for x in lines] == list(range(1, 81))  # no gap, no duplicate

@@ -1,8 +1,12 @@
-"""Answers instructions with a frozen model (the embedded SmolLM2-135M-Instruct by default).
+"""Answers instructions with a frozen model, optionally steered by exported vectors.
 
   python launch/generate.py --prompt="What is the capital of France?"
-  python launch/generate.py --model=/path/to/hf_folder_or.gguf --temperature=1.0 --seed=3 \
-      --prompt="Write a haiku about rain." --prompt="Name three rivers."
+  python launch/generate.py --vectors=workdirs/demo/vectors --prompt="How do I stay focused?"
+  python launch/generate.py --vectors=workdirs/run1/vectors --concept=2 --temperature=1.0 \
+      --seed=3 --prompt="Write a haiku about rain." --prompt="Name three rivers."
+
+With --vectors it prints the unsteered and the steered answer to each instruction; the model,
+layer and positions come from the vectors' steering_config.json unless --model overrides it.
 """
 
 import time
@@ -13,10 +17,13 @@ from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import DEFAULT_MODEL, load_model
 from prosv_jax.sampling import SamplingConfig, generate_text
 
-FLAGS = flags.DEFINE_multi_string('prompt', ['What is the capital of France?'],
-                                  'Instruction(s) to answer; repeat the flag for a batch.')
-MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Embedded name, .gguf file, HF folder or '
-                            'hf:<repo_id>.')
+PROMPTS = flags.DEFINE_multi_string('prompt', ['What is the capital of France?'],
+                                    'Instruction(s) to answer; repeat the flag for a batch.')
+MODEL = flags.DEFINE_string('model', None, 'Embedded name, .gguf file, HF folder or '
+                            f'hf:<repo_id> (default: the vectors\' model, else {DEFAULT_MODEL}).')
+VECTORS = flags.DEFINE_string('vectors', None, 'Folder of steering_vectors.safetensors.')
+CONCEPT = flags.DEFINE_string('concept', None, 'Concept to steer with: its AxBench id or its '
+                              'description (default: the first in the file).')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
 MAX_NEW = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens to generate per answer.')
 TEMPERATURE = flags.DEFINE_float('temperature', 0.0, '0 is greedy.')
@@ -29,17 +36,36 @@ def main(argv):
   del argv
   try:
     sampling = SamplingConfig(MAX_NEW.value, TEMPERATURE.value, TOP_K.value, TOP_P.value)
+    vectors = None
+    if VECTORS.value:
+      from prosv_jax.artifacts import load_vectors
+      vectors = load_vectors(VECTORS.value)
+    spec = MODEL.value or (vectors.model if vectors and vectors.model else DEFAULT_MODEL)
     start = time.time()
-    model = load_model(MODEL.value, DTYPE.value)
+    model = load_model(spec, DTYPE.value)
     print(f'loaded {model.source} ({model.cfg.family}, {model.cfg.num_layers} layers, '
           f'width {model.cfg.hidden_size}) in {time.time() - start:.1f}s')
     start = time.time()
-    answers = generate_text(model, FLAGS.value, sampling=sampling, seed=SEED.value)
+    if vectors is None:
+      answers = generate_text(model, PROMPTS.value, sampling=sampling, seed=SEED.value)
+      for question, answer in zip(PROMPTS.value, answers):
+        print(f'\n> {question}\n{answer.strip()}')
+    else:
+      from prosv_jax.run import show_generations
+      if vectors.width != model.cfg.hidden_size:
+        raise ProsvError(f'the vectors have width {vectors.width} but {spec} has width '
+                         f'{model.cfg.hidden_size}; use the model they were trained on')
+      k = 0 if CONCEPT.value is None else vectors.index_of(CONCEPT.value)
+      desc = vectors.concepts[k].get('description', '') if vectors.concepts else ''
+      print(f'steering with concept {k} ({desc}), factor {vectors.factor[k]:.2f}, '
+            f'{vectors.positions} at layer {vectors.layer}')
+      for q, plain, steered in show_generations(model, vectors.params(), k, vectors.layer,
+                                                vectors.positions, PROMPTS.value, MAX_NEW.value,
+                                                SEED.value, TEMPERATURE.value):
+        print(f'\n> {q}\n  unsteered: {plain.strip()}\n  steered:   {steered.strip()}')
   except ProsvError as e:
     raise SystemExit(f'error: {e}') from None
-  for question, answer in zip(FLAGS.value, answers):
-    print(f'\n> {question}\n{answer.strip()}')
-  print(f'\n({len(answers)} answers in {time.time() - start:.1f}s, compile included)')
+  print(f'\n({time.time() - start:.1f}s, compile included)')
 
 
 if __name__ == '__main__':

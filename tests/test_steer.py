@@ -91,3 +91,31 @@ def test_factor_zero_is_bit_identical():
   one = transformer.forward(params, cfg, tokens, pos, valid, steer=steer.steer_fn(sp, [0, 1]),
                             steer_mask=jnp.ones((2, 7), bool), steer_layer=1).logits
   assert not np.array_equal(np.asarray(base), np.asarray(one))
+
+
+@pytest.mark.parametrize('spec', ['p2+s2', 'all'])
+def test_steered_generation_equals_full_forward_with_the_spec_mask(spec):
+  """PrOSV: prefill-only edits at p2+s2 (left-padded) == a right-padded full forward editing
+  those prompt positions only. FSSV ('all'): prefill and every decode step == editing all."""
+  from prosv_jax import sampling
+  cfg = ModelConfig(family='llama', vocab_size=61, hidden_size=32, intermediate_size=40,
+                    num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8, pad_id=0, eos_ids=(1,))
+  params = jax.tree.map(lambda a: a * 6 if a.ndim == 3 else a,
+                        transformer.init_params(cfg, jax.random.key(0)))
+  sp = steer.init_steer_params(jax.random.key(5), 32, 2, 4.0, 8.0)
+  pos = steer.parse_positions(spec)
+  prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+  sc = sampling.SamplingConfig(max_new_tokens=5)
+  kwargs = steer.generation_kwargs(sp, 1, 1, pos, len(prompts))
+  gen = sampling.generate_ids(params, cfg, prompts, sampling=sc, **kwargs)
+  assert gen != sampling.generate_ids(params, cfg, prompts, sampling=sc)
+  for prompt, new in zip(prompts, gen):
+    seq = prompt + new
+    t = len(seq)
+    p, v = transformer.positions_from_lengths(np.array([t]), t, False)
+    mask = steer.position_mask(pos, jnp.array([len(prompt)]), jnp.array([t]), t)
+    logits = transformer.forward(params, cfg, jnp.asarray([seq]), p, v,
+                                 steer=steer.steer_fn(sp, [1]), steer_mask=mask,
+                                 steer_layer=1).logits[0]
+    want = [int(i) for i in jnp.argmax(logits[len(prompt) - 1:-1], axis=-1)]
+    assert new == want

@@ -49,11 +49,34 @@ def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer
   present = src + 1 < batch['length'][:, None]
   src = jnp.clip(src, 0, t - 1)
   h_resp = jnp.take_along_axis(h, src[..., None], axis=1)  # [B, R, D]
-  logits = transformer.head(frozen, cfg, h_resp)  # [B, R, V] fp32
   target = jnp.take_along_axis(tokens, jnp.clip(src + 1, 0, t - 1), axis=1)
-  picked = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-  logp = picked - jax.nn.logsumexp(logits, axis=-1)
+  logp = token_logprobs(frozen, cfg, h_resp.reshape(b * response_width, -1),
+                        target.reshape(-1)).reshape(b, response_width)
   return jnp.where(present, logp, 0.0), present
+
+
+def token_logprobs(frozen, cfg, h, target, chunk_floats: int = 2 ** 25):
+  """log p(target) [N] from hidden states [N, D], in row chunks under jax.checkpoint.
+
+  The full [N, V] logits would dominate memory (12 rows x 128 tokens x 49k vocab is 300 MB in
+  fp32, twice with its gradient); chunks of about `chunk_floats` logits are recomputed in the
+  backward pass instead of stored.
+  """
+  n = h.shape[0]
+  chunk = max(16, min(n, chunk_floats // cfg.vocab_size))
+  pad = -n % chunk
+  h = jnp.pad(h, ((0, pad), (0, 0)))
+  target = jnp.pad(target, (0, pad))
+
+  @jax.checkpoint
+  def one(args):
+    hc, tc = args
+    logits = transformer.head(frozen, cfg, hc)  # [chunk, V] fp32
+    picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+  out = jax.lax.map(one, (h.reshape(-1, chunk, h.shape[-1]), target.reshape(-1, chunk)))
+  return out.reshape(-1)[:n]
 
 
 def lang_loss(logp, present, concept, num_concepts: int):

@@ -245,3 +245,20 @@ def test_simpo_training_runs_against_the_models_own_answers(tmp_path, tiny_model
   assert summary['loss_kind'] == 'simpo' and np.isfinite(summary['final_loss']).all()
   lines = [json.loads(x) for x in (tmp_path / 's' / 'metrics.jsonl').read_text().splitlines()]
   assert len(lines) == summary['total_steps']
+
+
+def test_chunked_head_equals_full_logits(tiny_model):
+  m = tiny_model
+  rng = np.random.default_rng(0)
+  h = jnp.asarray(rng.normal(size=(37, m.cfg.hidden_size)), jnp.float32)
+  target = jnp.asarray(rng.integers(0, m.cfg.vocab_size, 37), jnp.int32)
+  from prosv_jax.models import transformer
+  full = jax.nn.log_softmax(transformer.head(m.params, m.cfg, h))[jnp.arange(37), target]
+  for floats in (2 ** 25, 16 * m.cfg.vocab_size):  # one chunk; 3 chunks with a padded tail
+    got = train_step.token_logprobs(m.params, m.cfg, h, target, chunk_floats=floats)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(full), rtol=1e-5, atol=1e-5)
+    g_full = jax.grad(lambda x: jax.nn.log_softmax(transformer.head(m.params, m.cfg, x))[
+        jnp.arange(37), target].sum())(h)
+    g = jax.grad(lambda x: train_step.token_logprobs(m.params, m.cfg, x, target,
+                                                     chunk_floats=floats).sum())(h)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_full), rtol=1e-4, atol=1e-6)

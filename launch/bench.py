@@ -46,6 +46,8 @@ TRAIN_EXAMPLES = flags.DEFINE_integer('train_examples', 24, 'Examples per concep
 TRAIN_STEPS = flags.DEFINE_integer('train_steps', 2, 'Timed steps per train case.')
 DATA = flags.DEFINE_string('data', CONCEPT10, 'AxBench folder for the train/reference suites.')
 LAYER = flags.DEFINE_integer('layer', 10, 'Steering layer.')
+REMAT_ROWS = flags.DEFINE_integer('remat_rows', 96, 'Train cases with more rows per step than '
+                                  'this recompute the upper blocks in the backward pass.')
 
 
 def machine() -> dict:
@@ -169,14 +171,17 @@ def run_train(model):
     for k in map(int, CONCEPTS.value):
       source = bench_table(k, tmp)
       for positions in ('p2+s2', 'all'):
-        trainer = Trainer(train_config(positions, k, source, TRAIN_EXAMPLES.value), model)
+        config = train_config(positions, k, source, TRAIN_EXAMPLES.value)
+        config.train.remat = k * config.train.batch_size > REMAT_ROWS.value
+        trainer = Trainer(config, model)
         start = time.perf_counter()
         trainer.bank = trainer.build_bank()
         bank_s = time.perf_counter() - start
         secs, tokens = timed_steps(trainer, TRAIN_STEPS.value)
         emit({'case': 'train', 'positions': positions, 'concepts_per_step': k,
               'batch_per_concept': trainer.batch_size, 'model': MODEL.value,
-              'layer': LAYER.value, 'steps_per_s': round(TRAIN_STEPS.value / secs, 4),
+              'layer': LAYER.value, 'remat': bool(config.train.remat),
+              'steps_per_s': round(TRAIN_STEPS.value / secs, 4),
               'tokens_per_s': round(tokens / secs, 1),
               'concept_steps_per_s': round(k * TRAIN_STEPS.value / secs, 4),
               'bank_s': round(bank_s, 2), 'bank_rows': len(trainer.flat)})

@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.seed = 42  # init and data order (each concept derives its own from it)
   c.train.cache_hidden = True  # compute block-L outputs once and reuse them every epoch
   c.train.cache_budget_gb = 4.0  # ... unless they need more memory than this
+  c.train.remat = False  # recompute blocks L+1.. in the backward pass: less memory, ~1/3 slower
   c.train.checkpoint_every = 20  # steps between orbax checkpoints (and at the end)
   c.train.log_every = 1  # steps between metrics.jsonl lines
 

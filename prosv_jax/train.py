@@ -190,7 +190,8 @@ class Trainer:
     return train_step(state, self.model.params, batch, self.bank, cfg=self.model.cfg,
                       layer=self.layer, positions=self.positions,
                       loss_kind=self.config.train.loss, num_concepts=self.num_concepts,
-                      optimizer=self.optimizer, response_width=self.response_width(batch))
+                      optimizer=self.optimizer, response_width=self.response_width(batch),
+                      remat=bool(self.config.train.remat))
 
 
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:

@@ -28,7 +28,7 @@ lower_hidden_jit = jax.jit(lower_hidden, static_argnames=('cfg', 'layer'))
 
 
 def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer_params,
-                      batch: dict, h_low, response_width: int):
+                      batch: dict, h_low, response_width: int, remat: bool = False):
   """Log-probs [B, R] of each response token (0 where absent) and the mask [B, R].
 
   The LM head runs only at the R positions that predict response tokens.
@@ -43,7 +43,7 @@ def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer
     mask = steer.position_mask(positions, batch['prompt_len'], batch['length'], t)
     edited = steer.apply_steer(steer_params, batch['concept'], h_low)
     h_low = jnp.where(mask[..., None], edited, h_low)
-  h = transformer.run_blocks(frozen, cfg, h_low, ctx, layer + 1, cfg.num_layers)
+  h = transformer.run_blocks(frozen, cfg, h_low, ctx, layer + 1, cfg.num_layers, remat)
   # Position i predicts token i + 1; response tokens sit at prompt_len .. length - 1.
   src = batch['prompt_len'][:, None] - 1 + jnp.arange(response_width)[None, :]
   present = src + 1 < batch['length'][:, None]
@@ -103,9 +103,9 @@ def simpo_loss(logp, present, concept, ref_logp, num_concepts: int):
 
 
 def loss_fn(steer_params, frozen, cfg, layer, positions, loss_kind, num_concepts, batch, h_low,
-            response_width):
+            response_width, remat=False):
   logp, present = response_logprobs(frozen, cfg, layer, positions, steer_params, batch, h_low,
-                                    response_width)
+                                    response_width, remat)
   if loss_kind == 'simpo':
     per_concept = simpo_loss(logp, present, batch['concept'], batch['ref_logp'], num_concepts)
   else:
@@ -114,10 +114,11 @@ def loss_fn(steer_params, frozen, cfg, layer, positions, loss_kind, num_concepts
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'layer', 'positions', 'loss_kind',
-                                             'num_concepts', 'optimizer', 'response_width'),
+                                             'num_concepts', 'optimizer', 'response_width',
+                                             'remat'),
                    donate_argnames=('state',))
 def train_step(state, frozen, batch, bank, *, cfg, layer, positions, loss_kind, num_concepts,
-               optimizer, response_width):
+               optimizer, response_width, remat=False):
   """One update of every concept's steering params. `bank` is [N, W, D] or None.
 
   A non-finite loss or gradient leaves the state as it was and reports finite=False, so the
@@ -128,7 +129,7 @@ def train_step(state, frozen, batch, bank, *, cfg, layer, positions, loss_kind, 
     h_low = bank[batch['rows'], :batch['tokens'].shape[1]]
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, per_concept), grads = grad_fn(state['steer'], frozen, cfg, layer, positions, loss_kind,
-                                       num_concepts, batch, h_low, response_width)
+                                       num_concepts, batch, h_low, response_width, remat)
   updates, opt_state = optimizer.update(grads, state['opt'], state['steer'])
   new = {'steer': optax.apply_updates(state['steer'], updates), 'opt': opt_state,
          'step': state['step'] + 1}

@@ -262,3 +262,13 @@ def test_chunked_head_equals_full_logits(tiny_model):
     g = jax.grad(lambda x: train_step.token_logprobs(m.params, m.cfg, x, target,
                                                      chunk_floats=floats).sum())(h)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_full), rtol=1e-4, atol=1e-6)
+
+
+def test_remat_gives_the_same_parameters(tmp_path, tiny_model, tiny_model_path):
+  train_and_export(tiny_config(tiny_model_path, tmp_path / 'a'), tiny_model)
+  train_and_export(tiny_config(tiny_model_path, tmp_path / 'b', **{'train.remat': True}),
+                   tiny_model)
+  fa, da = final_params(tmp_path / 'a')
+  fb, db = final_params(tmp_path / 'b')
+  np.testing.assert_allclose(fb, fa, rtol=1e-5)
+  np.testing.assert_allclose(db, da, rtol=1e-4, atol=1e-6)

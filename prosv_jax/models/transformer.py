@@ -209,8 +209,13 @@ def head(params: Params, cfg: ModelConfig, h: jax.Array) -> jax.Array:
   return logits
 
 
-def run_blocks(params: Params, cfg: ModelConfig, h, ctx: AttnContext, start: int, stop: int):
-  """Blocks start..stop-1 without a cache, as one lax.scan over the stacked weights."""
+def run_blocks(params: Params, cfg: ModelConfig, h, ctx: AttnContext, start: int, stop: int,
+               remat: bool = False):
+  """Blocks start..stop-1 without a cache, as one lax.scan over the stacked weights.
+
+  remat: keep only each block's input for the backward pass and recompute the rest (about one
+  more forward of compute for much less memory when differentiating through the blocks).
+  """
   if stop <= start:
     return h
   layers = jax.tree.map(lambda a: a[start:stop], params['layers'])
@@ -221,6 +226,8 @@ def run_blocks(params: Params, cfg: ModelConfig, h, ctx: AttnContext, start: int
     p, is_sliding = xs
     return block.apply({'params': p}, x, ctx, is_sliding)[0], None
 
+  if remat:
+    body = jax.checkpoint(body)
   return jax.lax.scan(body, h, (layers, sliding))[0]
 
 

@@ -55,26 +55,29 @@ def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer
   return jnp.where(present, logp, 0.0), present
 
 
-def token_logprobs(frozen, cfg, h, target, chunk_floats: int = 2 ** 25):
+def token_logprobs(frozen, cfg, h, target, chunk_floats: int = 2 ** 26):
   """log p(target) [N] from hidden states [N, D], in row chunks under jax.checkpoint.
 
-  The full [N, V] logits would dominate memory (12 rows x 128 tokens x 49k vocab is 300 MB in
-  fp32, twice with its gradient); chunks of about `chunk_floats` logits are recomputed in the
-  backward pass instead of stored.
+  The full [N, V] logits can dominate memory (16 concepts x 12 rows x 128 tokens x 49k vocab
+  is 4.8 GB in fp32, twice with its gradient): above `chunk_floats` logits (256 MB) they are
+  made in even chunks that the backward pass recomputes instead of storing.
   """
   n = h.shape[0]
-  chunk = max(16, min(n, chunk_floats // cfg.vocab_size))
-  pad = -n % chunk
-  h = jnp.pad(h, ((0, pad), (0, 0)))
-  target = jnp.pad(target, (0, pad))
 
-  @jax.checkpoint
   def one(args):
     hc, tc = args
-    logits = transformer.head(frozen, cfg, hc)  # [chunk, V] fp32
+    logits = transformer.head(frozen, cfg, hc)  # [rows, V] fp32
     picked = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
+  chunks = -(-n * cfg.vocab_size // chunk_floats)
+  if chunks <= 1:  # small enough to keep whole: no recomputation
+    return one((h, target))
+  chunk = -(-n // chunks)  # even chunks: at most chunks - 1 padded rows
+  pad = chunk * chunks - n
+  h = jnp.pad(h, ((0, pad), (0, 0)))
+  target = jnp.pad(target, (0, pad))
+  one = jax.checkpoint(one)
   out = jax.lax.map(one, (h.reshape(-1, chunk, h.shape[-1]), target.reshape(-1, chunk)))
   return out.reshape(-1)[:n]
 

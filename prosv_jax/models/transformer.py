@@ -17,7 +17,6 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from prosv_jax.models.config import ModelConfig, rope_inv_freq
 
@@ -146,7 +145,7 @@ class Block(nn.Module):
 def init_params(cfg: ModelConfig, rng: jax.Array, dtype=jnp.float32) -> Params:
   """Random weights of the right shapes (tests and throughput benchmarks)."""
   k_embed, k_layers, k_head = jax.random.split(rng, 3)
-  ctx = _context(cfg, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool), None)
+  ctx = attention_context(cfg, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))
   x = jnp.zeros((1, 1, cfg.hidden_size), dtype)
   layers = jax.vmap(lambda k: Block(cfg).init(k, x, ctx, False)['params'])(
       jax.random.split(k_layers, cfg.num_layers))
@@ -173,7 +172,8 @@ def _rope_tables(cfg, rope, positions):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def _context(cfg, positions, valid, cache, cache_index=0) -> AttnContext:
+def attention_context(cfg, positions, valid, cache=None, cache_index=0) -> AttnContext:
+  """Rope tables and key positions/validity shared by every layer of one call."""
   b, t = positions.shape
   cos, sin = _rope_tables(cfg, cfg.rope, positions)
   cos_l, sin_l = _rope_tables(cfg, cfg.rope_local, positions) if cfg.rope_local else (cos, sin)
@@ -286,7 +286,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
   if steer is not None:
     cfg.check_layer(steer_layer)
   cache_index = cache['index'] if cache is not None else 0
-  ctx = _context(cfg, positions, valid, cache, cache_index)
+  ctx = attention_context(cfg, positions, valid, cache, cache_index)
   h = embed(params, cfg, tokens)
   new_cache = None
   if cache is not None:
@@ -312,6 +312,3 @@ def positions_from_lengths(lengths: jax.Array, width: int, left_padded: bool):
     return jnp.maximum(t - start, 0).astype(jnp.int32), t >= start
   return jnp.minimum(t, jnp.maximum(lengths - 1, 0)).astype(jnp.int32), t < lengths
 
-
-def count_params(params: Params) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree.leaves(params)))

@@ -1,0 +1,1 @@
+"""Evaluation: judges, the AxBench steering score, baselines, utility and robustness."""

@@ -7,15 +7,10 @@ Paper row gemma-2-2b L10 'all': beta 2, factor LR 1, s 1, direction LR 0.04.
       --config.data.concepts=0 --config.workdir=workdirs/fssv_c0
 """
 
-from prosv_jax.config import base_config
+from prosv_jax.config import method_config
 
 
 def get_config():
-  config = base_config()
-  config.positions = 'all'
-  config.steer.beta = 2.0
-  config.steer.direction_scale = 1.0
-  config.optim.factor_lr = 1.0
-  config.workdir = 'workdirs/fssv'
+  config = method_config('fssv')
   config.lock()
   return config

@@ -3,6 +3,9 @@
 import ml_collections
 
 PAPER_GEMMA2_2B_L10 = dict(beta=4.0, factor_lr=10.0, direction_scale=8.0, direction_lr=0.04)
+# The paper's FSSV row for gemma-2-2b L10 ('all' positions).
+FSSV_GEMMA2_2B_L10 = dict(beta=2.0, factor_lr=1.0, direction_scale=1.0, direction_lr=0.04)
+METHODS = ('prosv', 'fssv')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,4 +57,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.show.num_instructions = 0  # after training, answer this many held-out instructions twice
   c.show.max_new_tokens = 64  # ... with this many new tokens, unsteered and steered
   c.show.temperature = 0.0  # ... greedy by default
+  return c
+
+
+def method_config(method: str) -> ml_collections.ConfigDict:
+  """base_config() with the paper's settings of one method: 'prosv' (p2+s2) or 'fssv' (all)."""
+  if method not in METHODS:
+    raise ValueError(f'unknown method {method!r}; use one of {METHODS}')
+  c = base_config()
+  if method == 'fssv':
+    p = FSSV_GEMMA2_2B_L10
+    c.positions = 'all'
+    c.steer.beta, c.steer.direction_scale = p['beta'], p['direction_scale']
+    c.optim.factor_lr, c.optim.direction_lr = p['factor_lr'], p['direction_lr']
+    c.workdir = 'workdirs/fssv'
   return c

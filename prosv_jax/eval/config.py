@@ -1,0 +1,66 @@
+"""The evaluation config, an ml_collections.ConfigDict; configs/eval.py starts from it."""
+
+import ml_collections
+
+from prosv_jax.eval.steering import METHODS
+
+CONCEPT10_2B_L10 = '../shared/data/axbench/concept10/prod_2b_l10_v1'
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = 'smollm2-135m-instruct'  # the frozen model the vectors were trained on
+  c.dtype = 'float32'
+  c.layer = 10  # used only when vectors are trained here
+  c.workdir = 'workdirs/eval'  # generations.jsonl, ratings.jsonl, results.{json,md}, plots
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'demo'  # AxBench folder/file (its held-out split feeds the instructions)
+  c.data.metadata = ''  # metadata.jsonl with concept descriptions ('' = from the data)
+  c.data.concepts = (0,)  # AxBench concept ids to evaluate
+
+  c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv
+
+  c.vectors = ml_collections.ConfigDict()
+  c.vectors.prosv = ''  # folder of trained PrOSV vectors ('' = train them into workdir/train_prosv)
+  c.vectors.fssv = ''  # folder of trained FSSV vectors ('' = train them into workdir/train_fssv)
+
+  c.train = ml_collections.ConfigDict()  # only when vectors are trained here (paper presets)
+  c.train.epochs = 12
+  c.train.max_examples = 0  # per concept (0 = all 72 AxBench positives)
+
+  c.instructions = ml_collections.ConfigDict()
+  c.instructions.alpaca_eval = ''  # AlpacaEval JSON; '' = the dataset's held-out instructions
+  c.instructions.count = 10  # per concept, drawn by AxBench's RandomState(concept_id) rule
+  c.instructions.samples = 1  # generations per instruction
+
+  c.generation = ml_collections.ConfigDict()
+  c.generation.max_new_tokens = 128
+  c.generation.temperature = 1.0
+  c.generation.batch_size = 32
+  c.generation.seed = 0
+
+  c.grid = ml_collections.ConfigDict()
+  c.grid.multipliers = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # FSSV factor = this x trained factor
+
+  c.judge = ml_collections.ConfigDict()
+  c.judge.kind = 'offline'  # offline | api | lm
+  c.judge.calibration = ''  # offline: thresholds JSON ('' = the packaged one for c.model)
+  c.judge.batch_size = 16
+  c.judge.api = ml_collections.ConfigDict()
+  c.judge.api.base_url = 'https://api.openai.com/v1'
+  c.judge.api.model = 'gpt-4o-mini'
+  c.judge.api.api_key_env = 'OPENAI_API_KEY'
+  c.judge.api.max_concurrency = 8
+  c.judge.api.cache_path = ''  # '' = workdir/judge_cache.sqlite
+  c.judge.lm = ml_collections.ConfigDict()
+  c.judge.lm.model = ''  # any model spec prosv_jax loads ('' = c.model)
+
+  c.robustness = True  # also generate with instructions that ask to avoid the concept
+
+  c.utility = ml_collections.ConfigDict()
+  c.utility.negatives = 32  # AxBench negatives scored for the log-likelihood loss (0 = off)
+  c.utility.multiple_choice = ''  # tinyMMLU-style file (question, choices, answer)
+  c.utility.gsm8k = ''  # GSM8K-style file (question, answer)
+  c.utility.max_questions = 0  # cap per file (0 = all)
+  return c

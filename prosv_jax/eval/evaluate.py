@@ -1,0 +1,269 @@
+"""One evaluation run: vectors (loaded or trained first), steering score of every method,
+robustness under avoid-the-concept instructions, utility; results.json, results.md, plots.
+
+    from prosv_jax.eval.config import eval_config
+    from prosv_jax.eval.evaluate import evaluate
+    results = evaluate(config)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from prosv_jax import config as train_config
+from prosv_jax import data
+from prosv_jax.artifacts import load_vectors
+from prosv_jax.errors import ProsvError
+from prosv_jax.eval import instructions as prompts
+from prosv_jax.eval import report, scores, utility
+from prosv_jax.eval.steering import (METHODS, Group, Setup, Store, generate_group,
+                                     group_keys, group_ratings, judge_missing,
+                                     select_multipliers)
+from prosv_jax.models.load import load_model
+from prosv_jax.sampling import SamplingConfig
+
+JUDGES = ('offline', 'api', 'lm')
+
+
+def parse_methods(spec: str) -> list[str]:
+  methods = [m.strip() for m in str(spec).split(',') if m.strip()]
+  bad = [m for m in methods if m not in METHODS]
+  if bad or not methods:
+    raise ProsvError(f'methods={spec!r}: unknown {", ".join(bad) or "(none given)"}; use a '
+                     f'comma-separated subset of {",".join(METHODS)}')
+  return methods
+
+
+def check_config(config) -> None:
+  """Value checks, one line each, before anything is loaded."""
+  parse_methods(config.methods)
+  if config.judge.kind not in JUDGES:
+    raise ProsvError(f'judge.kind={config.judge.kind!r}; use one of {", ".join(JUDGES)}')
+  for key in ('count', 'samples'):
+    if int(config.instructions[key]) < 1:
+      raise ProsvError(f'instructions.{key}={config.instructions[key]}; use at least 1')
+  if 'fssv_grid' in parse_methods(config.methods):
+    if int(config.instructions.count) < 2:
+      raise ProsvError('fssv_grid selects on half the instructions and reports the other '
+                       'half: set instructions.count to at least 2')
+    if not config.grid.multipliers or any(m <= 0 for m in config.grid.multipliers):
+      raise ProsvError(f'grid.multipliers={tuple(config.grid.multipliers)}; use positive '
+                       'multiples of the trained factor, e.g. 0.5,1,2')
+  if not config.data.concepts:
+    raise ProsvError('data.concepts is empty; pass the AxBench concept ids to evaluate')
+  SamplingConfig(max_new_tokens=int(config.generation.max_new_tokens),
+                 temperature=float(config.generation.temperature))
+
+
+def concept_descriptions(config) -> dict[int, str]:
+  if config.data.source == 'demo':
+    _, meta = data.demo_table()
+  elif config.data.metadata:
+    meta = data.read_concept_metadata(config.data.metadata)
+  else:
+    table = data.read_concept_table(config.data.source)
+    meta = dict(zip(table['concept_id'], table['output_concept']))
+  missing = [c for c in config.data.concepts if int(c) not in meta]
+  if missing:
+    raise ProsvError(f'concepts {missing} have no description in {config.data.metadata or config.data.source}; '
+                     f'available ids: {sorted(int(k) for k in meta if int(k) >= 0)[:20]}')
+  return {int(c): meta[int(c)] for c in config.data.concepts}
+
+
+def vectors_for(method: str, config, model):
+  """The method's trained vectors: the configured folder, or trained here first (resumable)."""
+  folder = config.vectors[method]
+  if not folder:
+    c = train_config.method_config(method)
+    c.model, c.dtype, c.layer = config.model, config.dtype, config.layer
+    c.data.source, c.data.metadata = config.data.source, config.data.metadata
+    c.data.concepts = tuple(int(x) for x in config.data.concepts)
+    c.data.max_examples = int(config.train.max_examples)
+    c.train.epochs = int(config.train.epochs)
+    c.workdir = os.path.join(config.workdir, f'train_{method}')
+    print(f'training {method} vectors for concepts {list(c.data.concepts)} in {c.workdir}')
+    from prosv_jax.run import train_and_export
+    summary = train_and_export(c, model)
+    folder = summary['artifacts']['vectors']
+  vectors = load_vectors(folder)
+  for cid in config.data.concepts:
+    vectors.index_of(str(int(cid)))  # a clear error now, not after an hour of generation
+  if vectors.model and vectors.model != config.model:
+    raise ProsvError(f'{folder} was trained on {vectors.model!r}, this evaluation loads '
+                     f'{config.model!r}; set --config.model={vectors.model}')
+  return vectors
+
+
+def make_judge(config, model):
+  kind = config.judge.kind
+  if kind == 'offline':
+    from prosv_jax.eval.offline_judge import OfflineJudge
+    return OfflineJudge.load(model, config.judge.calibration, model_name=config.model)
+  if kind == 'api':
+    from prosv_jax.eval.api_judge import ApiJudge
+    api = config.judge.api
+    cache = api.cache_path or os.path.join(config.workdir, 'judge_cache.sqlite')
+    return ApiJudge(base_url=api.base_url, model=api.model, api_key_env=api.api_key_env,
+                    max_concurrency=int(api.max_concurrency), cache_path=cache)
+  from prosv_jax.eval.lm_judge import LMJudge
+  if config.judge.lm.model and config.judge.lm.model != config.model:
+    return LMJudge.load(config.judge.lm.model, config.dtype)
+  return LMJudge(model)
+
+
+def _run_groups(groups, setup, gens, ratings, judge, desc):
+  groups = list(dict.fromkeys(groups))  # the grid pick may be the trained factor itself
+  bar = tqdm(groups, desc=f'{desc}: generate', unit='group', dynamic_ncols=True)
+  for g in bar:
+    bar.set_postfix(method=g.method, concept=g.concept_id, x=f'{g.multiplier:g}')
+    generate_group(setup, g, gens)
+  keys = [k for g in groups for k in group_keys(setup, g)]
+  with tqdm(total=len(keys), desc=f'{desc}: judge', unit='gen', dynamic_ncols=True) as bar:
+    done = len([k for k in keys if f'{judge.name}|{k}' in ratings])
+    bar.update(done)
+    judge_missing(judge, setup, gens, ratings, keys, progress=bar.update)
+
+
+def _method_groups(method, cid, multipliers, attack, selected=None):
+  if method == 'fssv_grid':
+    if attack:
+      return [Group('fssv', cid, selected[cid]['multiplier'], True)]
+    return [Group('fssv', cid, m, False) for m in multipliers]
+  return [Group(method, cid, 1.0, attack)]
+
+
+def _method_scores(judge, setup, ratings, methods, concepts, selected, attack):
+  """Per method: per-concept summaries and their average (grid: second half at the pick)."""
+  out = {}
+  for method in methods:
+    per_concept, second_half = {}, {}
+    for cid in concepts:
+      first, second = scores.split_halves(len(setup.instructions[cid]))
+      if method == 'fssv_grid':
+        g = Group('fssv', cid, selected[cid]['multiplier'], attack)
+        per_concept[cid] = scores.summarize(group_ratings(judge, setup, ratings, g, second))
+        second_half[cid] = per_concept[cid]
+      else:
+        g = Group(method, cid, 1.0, attack)
+        per_concept[cid] = scores.summarize(group_ratings(judge, setup, ratings, g))
+        second_half[cid] = scores.summarize(group_ratings(judge, setup, ratings, g, second))
+    out[method] = dict(mean=scores.over_concepts(per_concept),
+                       second_half=scores.over_concepts(second_half),
+                       per_concept={str(k): v for k, v in per_concept.items()})
+  return out
+
+
+def _utility(config, model, vectors, methods, concepts, descriptions, selected):
+  """Log-likelihood loss on the model's own answers, and MC/GSM8K accuracy when given."""
+  out = {}
+  need = int(config.utility.negatives) > 0
+  if need:
+    table = data.read_concept_table(config.data.source) if config.data.source != 'demo' \
+        else data.demo_table()[0]
+    rows = utility.negative_rows(table).drop_duplicates('input')
+    rows = rows.iloc[:int(config.utility.negatives)]
+  mc = gsm = None
+  cap = int(config.utility.max_questions) or None
+  if config.utility.multiple_choice:
+    mc = utility.read_multiple_choice(config.utility.multiple_choice)[:cap]
+  if config.utility.gsm8k:
+    gsm = utility.read_gsm8k(config.utility.gsm8k)[:cap]
+
+  def steer_of(method, cid):
+    if method in ('unsteered', 'prompting'):
+      return None
+    v = vectors['fssv' if method == 'fssv_grid' else method]
+    s = utility.Steer.from_vectors(v, str(cid))
+    if method == 'fssv_grid':
+      p = dict(s.params, factor=np.asarray(s.params['factor']) * selected[cid]['multiplier'])
+      s = utility.Steer(p, s.concept, s.layer, s.positions)
+    return s
+
+  for method in tqdm(methods, desc='utility', unit='method', dynamic_ncols=True):
+    res = {}
+    per = [(cid, steer_of(method, cid)) for cid in concepts]
+    if method == 'unsteered':
+      per = per[:1]  # the same for every concept
+    if need:
+      losses = []
+      for cid, s in per:
+        r = rows
+        if method == 'prompting':
+          r = rows.assign(input=[prompts.prompting(x, descriptions[cid]) for x in rows['input']])
+          plain = utility.loglik_loss(model, rows)['nll_unsteered']
+          losses.append(utility.loglik_loss(model, r)['nll_unsteered'] - plain)
+        else:
+          losses.append(utility.loglik_loss(model, r, s)['loss'])
+      res['loglik_loss'] = float(np.mean(losses))
+      res['loglik_loss_std'] = float(np.std(losses))
+    if mc is not None:
+      res['multiple_choice'] = float(np.mean([
+          utility.multiple_choice_accuracy(model, mc, s)['accuracy'] for cid, s in per]))
+    if gsm is not None:
+      res['gsm8k'] = float(np.mean([
+          utility.gsm8k_accuracy(model, gsm, s)['accuracy'] for cid, s in per]))
+    out[method] = res
+  return out
+
+
+def evaluate(config, model=None, judge=None) -> dict:
+  """Runs (or resumes) the evaluation `config` describes; returns the results dict."""
+  check_config(config)
+  t0 = time.time()
+  os.makedirs(config.workdir, exist_ok=True)
+  methods = parse_methods(config.methods)
+  concepts = [int(c) for c in config.data.concepts]
+  descriptions = concept_descriptions(config)
+  if config.instructions.alpaca_eval:
+    pool, origin = prompts.read_alpaca_eval(config.instructions.alpaca_eval), 'alpaca_eval'
+  else:
+    pool, origin = prompts.held_out_pool(config.data.source), 'held-out dataset instructions'
+  count = int(config.instructions.count)
+  drawn = {c: prompts.axbench_draw(pool, c, count) for c in concepts}
+  model = model or load_model(config.model, config.dtype)
+  needed = sorted({'fssv' if m == 'fssv_grid' else m for m in methods} & {'fssv', 'prosv'})
+  vectors = {m: vectors_for(m, config, model) for m in needed}
+  setup = Setup(model=model, vectors=vectors, descriptions=descriptions,
+                instructions=drawn,
+                samples=int(config.instructions.samples),
+                sampling=SamplingConfig(max_new_tokens=int(config.generation.max_new_tokens),
+                                        temperature=float(config.generation.temperature)),
+                batch_size=int(config.generation.batch_size), seed=int(config.generation.seed))
+  judge = judge or make_judge(config, model)
+  gens = Store(os.path.join(config.workdir, 'generations.jsonl'))
+  ratings = Store(os.path.join(config.workdir, 'ratings.jsonl'))
+  multipliers = [float(m) for m in config.grid.multipliers]
+
+  groups = [g for cid in concepts for m in methods
+            for g in _method_groups(m, cid, multipliers, False)]
+  _run_groups(groups, setup, gens, ratings, judge, 'steering')
+  selected = (select_multipliers(judge, setup, ratings, concepts, multipliers)
+              if 'fssv_grid' in methods else {})
+  results = dict(
+      config=json.loads(config.to_json_best_effort()), judge=judge.name, concepts=concepts,
+      descriptions={str(k): v for k, v in descriptions.items()},
+      instructions=dict(source=origin, count=count, samples=setup.samples),
+      methods=_method_scores(judge, setup, ratings, methods, concepts, selected, False),
+      grid={str(c): dict(v, select={f'{m:g}': s for m, s in v['select'].items()},
+                         report={f'{m:g}': s for m, s in v['report'].items()})
+            for c, v in selected.items()},
+      vectors={m: dict(positions=v.positions, layer=v.layer,
+                       factor={str(c): float(v.factor[v.index_of(str(c))]) for c in concepts})
+               for m, v in vectors.items()})
+  if config.robustness:
+    attack = [g for cid in concepts for m in methods
+              for g in _method_groups(m, cid, multipliers, True, selected)]
+    _run_groups(attack, setup, gens, ratings, judge, 'robustness')
+    results['robustness'] = _method_scores(judge, setup, ratings, methods, concepts, selected,
+                                           True)
+  if int(config.utility.negatives) > 0 or config.utility.multiple_choice or config.utility.gsm8k:
+    results['utility'] = _utility(config, model, vectors, methods, concepts, descriptions,
+                                  selected)
+  results['wall_s'] = round(time.time() - t0, 1)
+  report.write_all(results, config.workdir)
+  return results

@@ -1,0 +1,187 @@
+"""The AxBench steering evaluation: generate with each method, judge, aggregate.
+
+Every generation and every rating is appended to a JSON-lines store as soon as it exists,
+keyed by what produced it, so an interrupted evaluation resumes where it stopped and a rerun
+with another judge regenerates nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from prosv_jax import steer
+from prosv_jax.chat import chat_prompt_ids
+from prosv_jax.errors import ProsvError
+from prosv_jax.eval import instructions as prompts
+from prosv_jax.eval import scores
+from prosv_jax.eval.judge import Item, Judge, Ratings
+from prosv_jax.sampling import SamplingConfig, generate_ids
+
+METHODS = ('unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv')
+VECTOR_METHODS = {'fssv': 'fssv', 'fssv_grid': 'fssv', 'prosv': 'prosv'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """One batch of generations: a method at one factor multiplier on one concept."""
+  method: str  # 'unsteered', 'prompting', 'fssv', 'prosv' (the grid is fssv at multipliers)
+  concept_id: int
+  multiplier: float = 1.0  # times the trained factor (vector methods only)
+  attack: bool = False  # instructions rewritten to avoid the concept
+
+  def key(self) -> str:
+    return f'{self.method}|{self.concept_id}|{self.multiplier:g}|{int(self.attack)}'
+
+
+class Store:
+  """Append-only JSON-lines records, loaded into a dict on open (last record of a key wins)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.records: dict[str, dict] = {}
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        for n, line in enumerate(f, 1):
+          if not line.strip():
+            continue
+          try:
+            rec = json.loads(line)
+          except json.JSONDecodeError:
+            # A kill mid-write leaves a partial last line: drop it, it is redone.
+            continue
+          self.records[rec['key']] = rec
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.records
+
+  def get(self, key: str) -> dict | None:
+    return self.records.get(key)
+
+  def add(self, records: Sequence[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    with open(self.path, 'a', encoding='utf-8') as f:
+      for rec in records:
+        f.write(json.dumps(rec, ensure_ascii=False) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    for rec in records:
+      self.records[rec['key']] = rec
+
+
+@dataclasses.dataclass
+class Setup:
+  """What an evaluation needs besides the judge."""
+  model: object  # prosv_jax.models.load.Model
+  vectors: dict  # 'prosv'/'fssv' -> SteeringVectors
+  descriptions: dict[int, str]  # concept_id -> description
+  instructions: dict[int, list[str]]  # concept_id -> held-out instructions
+  samples: int = 1  # generations per instruction
+  sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=1.0)
+  batch_size: int = 32
+  seed: int = 0
+
+
+def gen_key(group: Group, index: int, sample: int) -> str:
+  return f'{group.key()}|{index}|{sample}'
+
+
+def prompt_text(setup: Setup, group: Group, instruction: str, index: int) -> str:
+  concept = setup.descriptions[group.concept_id]
+  text = prompts.avoid(instruction, concept, index) if group.attack else instruction
+  if group.method == 'prompting':
+    text = prompts.prompting(text, concept)
+  return text
+
+
+def steer_kwargs(setup: Setup, group: Group, batch: int) -> dict:
+  if group.method not in VECTOR_METHODS:
+    return {}
+  vectors = setup.vectors[VECTOR_METHODS[group.method]]
+  row = vectors.index_of(str(group.concept_id))
+  params = vectors.params()
+  params = dict(params, factor=params['factor'] * group.multiplier)
+  return steer.generation_kwargs(params, row, vectors.layer, steer.parse_positions(
+      vectors.positions), batch)
+
+
+def generate_group(setup: Setup, group: Group, store: Store) -> int:
+  """Generates the group's missing rows (all instructions x samples); returns how many."""
+  todo = [(i, s) for i in range(len(setup.instructions[group.concept_id]))
+          for s in range(setup.samples) if gen_key(group, i, s) not in store]
+  if not todo:
+    return 0
+  tok = setup.model.tokenizer
+  instr = setup.instructions[group.concept_id]
+  # Common random numbers: every method of a concept samples with the same seed, so
+  # differences between methods are not sampling luck of one method alone.
+  seed = setup.seed * 1_000_003 + group.concept_id * 101 + int(group.attack)
+  for start in range(0, len(todo), setup.batch_size):
+    chunk = todo[start:start + setup.batch_size]
+    texts = [prompt_text(setup, group, instr[i], i) for i, _ in chunk]
+    ids = [chat_prompt_ids(tok, t) for t in texts]
+    out = generate_ids(setup.model.params, setup.model.cfg, ids, sampling=setup.sampling,
+                       seed=seed + start, **steer_kwargs(setup, group, len(ids)))
+    store.add([dict(key=gen_key(group, i, s), **dataclasses.asdict(group), index=i, sample=s,
+                    instruction=instr[i], prompt=t,
+                    response=tok.decode(o, skip_special_tokens=True))
+               for (i, s), t, o in zip(chunk, texts, out)])
+  return len(todo)
+
+
+def judge_missing(judge: Judge, setup: Setup, gens: Store, ratings: Store,
+                  keys: Sequence[str], progress: Callable[[int], None] | None = None,
+                  chunk: int = 256) -> int:
+  """Rates the generations in `keys` that this judge has not rated yet."""
+  todo = [k for k in keys if f'{judge.name}|{k}' not in ratings]
+  for start in range(0, len(todo), chunk):
+    part = todo[start:start + chunk]
+    items = [Item(instruction=gens.get(k)['instruction'],
+                  concept=setup.descriptions[gens.get(k)['concept_id']],
+                  response=gens.get(k)['response']) for k in part]
+    rated = judge.rate(items, progress)
+    ratings.add([dict(key=f'{judge.name}|{k}', judge=judge.name, gen=k, **dataclasses.asdict(r))
+                 for k, r in zip(part, rated)])
+  return len(todo)
+
+
+def group_ratings(judge: Judge, setup: Setup, ratings: Store, group: Group,
+                  indices: Sequence[int] | None = None) -> list[Ratings]:
+  n = len(setup.instructions[group.concept_id])
+  indices = range(n) if indices is None else indices
+  out = []
+  for i in indices:
+    for s in range(setup.samples):
+      rec = ratings.get(f'{judge.name}|{gen_key(group, i, s)}')
+      if rec is None:
+        raise ProsvError(f'missing rating for {gen_key(group, i, s)}; rerun the evaluation '
+                         'to finish it')
+      out.append(Ratings(rec['concept'], rec['instruction'], rec['fluency']))
+  return out
+
+
+def group_keys(setup: Setup, group: Group) -> list[str]:
+  return [gen_key(group, i, s) for i in range(len(setup.instructions[group.concept_id]))
+          for s in range(setup.samples)]
+
+
+def select_multipliers(judge: Judge, setup: Setup, ratings: Store, concepts: Sequence[int],
+                       multipliers: Sequence[float], attack: bool = False) -> dict:
+  """Per concept: the grid multiplier with the best score on the first half of the
+  instructions, and the per-multiplier scores on both halves (for the plot)."""
+  out = {}
+  for cid in concepts:
+    first, second = scores.split_halves(len(setup.instructions[cid]))
+    pick = {m: scores.mean_harmonic(group_ratings(judge, setup, ratings,
+                                                  Group('fssv', cid, m, attack), first))
+            for m in multipliers}
+    report = {m: scores.mean_harmonic(group_ratings(judge, setup, ratings,
+                                                    Group('fssv', cid, m, attack), second))
+              for m in multipliers}
+    out[cid] = dict(multiplier=scores.select_factor(pick), select=pick, report=report,
+                    report_indices=second)
+  return out

@@ -59,7 +59,8 @@ def eval_config() -> ml_collections.ConfigDict:
   c.robustness = True  # also generate with instructions that ask to avoid the concept
 
   c.utility = ml_collections.ConfigDict()
-  c.utility.negatives = 32  # AxBench negatives scored for the log-likelihood loss (0 = off)
+  c.utility.negatives = 32  # instructions of AxBench negatives for the log-lik loss (0 = off)
+  c.utility.own_answers = True  # score the model's own greedy answers (else the rows' outputs)
   c.utility.multiple_choice = ''  # tinyMMLU-style file (question, choices, answer)
   c.utility.gsm8k = ''  # GSM8K-style file (question, answer)
   c.utility.max_questions = 0  # cap per file (0 = all)

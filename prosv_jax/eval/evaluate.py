@@ -158,6 +158,29 @@ def _method_scores(judge, setup, ratings, methods, concepts, selected, attack):
   return out
 
 
+def _own_answers(model, rows, workdir, max_new_tokens: int = 128):
+  """The rows with `output` replaced by this model's own greedy unsteered answer.
+
+  AxBench's negatives are the answers of the model its data was made for (gemma-2); the
+  utility loss is about the steered model's own answers, so they are generated here once and
+  kept in workdir/own_answers.jsonl.
+  """
+  from prosv_jax.chat import chat_prompt_ids
+  from prosv_jax.sampling import generate_ids
+  store = Store(os.path.join(workdir, 'own_answers.jsonl'))
+  todo = [x for x in dict.fromkeys(rows['input']) if x not in store]
+  for start in range(0, len(todo), 16):
+    part = todo[start:start + 16]
+    ids = [chat_prompt_ids(model.tokenizer, x) for x in part]
+    out = generate_ids(model.params, model.cfg, ids,
+                       sampling=SamplingConfig(max_new_tokens=max_new_tokens))
+    store.add([dict(key=x, response=model.tokenizer.decode(o, skip_special_tokens=True))
+               for x, o in zip(part, out)])
+  answers = [store.get(x)['response'] for x in rows['input']]
+  keep = [bool(a.strip()) for a in answers]
+  return rows.assign(output=answers)[keep]
+
+
 def _utility(config, model, vectors, methods, concepts, descriptions, selected):
   """Log-likelihood loss on the model's own answers, and MC/GSM8K accuracy when given."""
   out = {}
@@ -167,6 +190,8 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
         else data.demo_table()[0]
     rows = utility.negative_rows(table).drop_duplicates('input')
     rows = rows.iloc[:int(config.utility.negatives)]
+    if config.utility.own_answers:
+      rows = _own_answers(model, rows, config.workdir)
   mc = gsm = None
   cap = int(config.utility.max_questions) or None
   if config.utility.multiple_choice:

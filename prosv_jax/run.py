@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from prosv_jax import artifacts, data, steer
+from prosv_jax import artifacts, data, optim, steer
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
 from prosv_jax.train import Trainer
@@ -148,6 +148,8 @@ def _residual_rms(trainer: Trainer) -> float:
 def _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start) -> dict:
   params = jax.device_get(state['steer'])
   ran = done - start
+  # The LRs Adam used, after the width rule (optim.base_width): what a width study plots.
+  factor_lr, direction_lr = optim.scaled_lrs(trainer.config.optim, trainer.width)
   return {
       'model': trainer.config.model, 'layer': trainer.layer, 'positions': trainer.config.positions,
       'width': trainer.width, 'loss_kind': trainer.config.train.loss,
@@ -157,6 +159,7 @@ def _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start
       'factor': np.asarray(params['factor']).tolist(),
       'direction_norm': np.linalg.norm(params['direction'], axis=-1).tolist(),
       'residual_rms': _residual_rms(trainer),
+      'factor_lr': factor_lr, 'direction_lr': direction_lr,
       'hidden_cache': trainer.bank is not None,
       'setup_s': round(setup_s, 2), 'train_s': round(train_s, 2),
       'steps_per_s': round(ran / train_s, 4) if ran and train_s else None,

@@ -1,0 +1,35 @@
+"""Gathers a sweep's runs into one CSV: config, summary figures and steering score per run.
+
+  python launch/collect.py --root=workdirs/sweeps/beta_lr --out=workdirs/sweeps/beta_lr/study.csv
+
+A run's score comes from an evaluation's results.json in its folder or its eval/ subfolder
+(e.g. python launch/evaluate.py --config=configs/eval.py --config.methods=prosv
+--config.vectors.prosv=<run>/vectors --config.workdir=<run>/eval). Columns: see
+prosv_jax/study.py.
+"""
+
+from absl import app, flags
+
+from prosv_jax import study
+
+ROOT = flags.DEFINE_string('root', None, 'A sweep root (launch/sweep.py --root).')
+OUT = flags.DEFINE_string('out', None, 'The CSV to write (default: <root>/study.csv).')
+flags.mark_flags_as_required(['root'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  rows = study.collect(ROOT.value)
+  if not rows:
+    raise SystemExit(f'error: no runs under {ROOT.value}; pass the --root a sweep wrote to')
+  out = study.write_csv(rows, OUT.value or f'{ROOT.value.rstrip("/")}/study.csv')
+  counts = {}
+  for r in rows:
+    counts[r['status']] = counts.get(r['status'], 0) + 1
+  print(f'{len(rows)} runs ({", ".join(f"{v} {k}" for k, v in sorted(counts.items()))}) '
+        f'-> {out}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,348 @@
+"""Sweep studies: one table row per run (config, summary, steering score) and its plots.
+
+collect(root) walks a sweep root (launch/sweep.py), reads each run's config.json,
+summary.json, failed.json and, where an evaluation sits in the run's folder or its eval/
+subfolder, results.json. Columns: `run`, `status`, dotted config keys (`steer.beta`,
+`optim.factor_lr` as configured, i.e. at optim.base_width), summary figures (`final_loss`,
+`factor`, `direction_norm` as means over the run's concepts, `factor_lr` / `direction_lr` as
+Adam used them after the width rule, `width`, `layer`, `residual_rms`, `edit_rms_ratio`), and
+`score` (AxBench harmonic mean of the run's method) plus `score_<method>` for every method the
+evaluation holds.
+"""
+
+import csv
+import json
+import math
+import os
+
+from prosv_jax import sweep
+
+# Config keys every row carries, swept or not: what the plots group and label by.
+STUDY_KEYS = ('model', 'layer', 'positions', 'steer.beta', 'steer.direction_scale',
+              'optim.factor_lr', 'optim.direction_lr', 'optim.base_width',
+              'optim.factor_lr_width_exponent', 'optim.direction_lr_width_exponent',
+              'train.loss', 'train.epochs', 'train.batch_size', 'data.concepts')
+SUMMARY_KEYS = ('steps', 'total_steps', 'width', 'final_loss', 'factor', 'direction_norm',
+                'residual_rms', 'edit_rms_ratio', 'factor_lr', 'direction_lr', 'concepts',
+                'train_s', 'steps_per_s')
+RESULTS = 'results.json'
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """{'steer': {'beta': 4}} -> {'steer.beta': 4}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _mean(values):
+  if values is None:
+    return None
+  values = values if isinstance(values, list) else [values]
+  values = [float(v) for v in values if v is not None]
+  return sum(values) / len(values) if values else None
+
+
+def _cell(value):
+  """A CSV cell: tuples and lists as '0,1', floats as they are."""
+  if isinstance(value, (list, tuple)):
+    return ','.join(str(v) for v in value)
+  return value
+
+
+def _method_of(positions: str | None) -> str:
+  return 'fssv' if positions == 'all' else 'prosv'
+
+
+def _scores(folder: str, positions: str | None) -> dict:
+  """score (the run's own method) and score_<method> from an evaluation's results.json."""
+  for path in (os.path.join(folder, RESULTS), os.path.join(folder, 'eval', RESULTS)):
+    results = _read_json(path)
+    if not results or 'methods' not in results:
+      continue
+    out = {}
+    for method, value in results['methods'].items():
+      out[f'score_{method}'] = value.get('mean', {}).get('harmonic')
+    own = _method_of(positions)
+    steered = [m for m in results['methods'] if m in ('prosv', 'fssv')]
+    pick = own if own in results['methods'] else (steered[0] if len(steered) == 1 else None)
+    out['score'] = out.get(f'score_{pick}') if pick else None
+    out['score_source'] = os.path.relpath(path, folder)
+    return out
+  return {}
+
+
+def _run_folders(root: str):
+  """Folders under root that hold a run (config.json, summary.json or failed.json)."""
+  for folder, dirs, files in os.walk(root):
+    if {'config.json', sweep.SUMMARY, sweep.FAILED} & set(files):
+      dirs[:] = []  # checkpoints/, vectors/ and eval/ belong to the run
+      yield folder
+    else:
+      dirs.sort()
+
+
+def run_row(folder: str, name: str, overrides: dict | None = None) -> dict:
+  """One run's row (see the module docstring); overrides name the keys the sweep set."""
+  config = flatten(_read_json(os.path.join(folder, 'config.json')) or {})
+  summary = _read_json(os.path.join(folder, sweep.SUMMARY))
+  failed = _read_json(os.path.join(folder, sweep.FAILED))
+  overrides = overrides or (failed or {}).get('overrides') or {}
+  row = {'run': name}
+  if failed:
+    row['status'] = 'failed'
+  elif not summary:
+    row['status'] = 'pending'
+  else:
+    row['status'] = 'done' if summary.get('steps') == summary.get('total_steps') else 'partial'
+  for key in (*overrides, *STUDY_KEYS):
+    # config.json says what really ran; the manifest fills in runs that never started.
+    row[key] = _cell(config.get(key, overrides.get(key)))
+  if summary:
+    row.update(steps=summary.get('steps'), total_steps=summary.get('total_steps'),
+               width=summary.get('width'), layer=summary.get('layer', row.get('layer')),
+               final_loss=_mean(summary.get('final_loss')), factor=_mean(summary.get('factor')),
+               direction_norm=_mean(summary.get('direction_norm')),
+               residual_rms=summary.get('residual_rms'),
+               factor_lr=summary.get('factor_lr'), direction_lr=summary.get('direction_lr'),
+               concepts=_cell(summary.get('concept_ids')), train_s=summary.get('train_s'),
+               steps_per_s=summary.get('steps_per_s'))
+    factors, norms = summary.get('factor') or [], summary.get('direction_norm') or []
+    rms, width = summary.get('residual_rms'), summary.get('width')
+    if factors and norms and rms and width:
+      # The edit's per-coordinate RMS, |factor| * ||v|| / sqrt(n), next to the residual
+      # stream's: how hard the vector pushes at its layer.
+      row['edit_rms_ratio'] = _mean([abs(f) * n / math.sqrt(width) / rms
+                                     for f, n in zip(factors, norms)])
+  row.update(_scores(folder, config.get('positions', overrides.get('positions'))))
+  if failed:
+    row['error'] = failed.get('error', '')
+  return row
+
+
+def collect(root: str) -> list[dict]:
+  """One row per run under `root` or in its sweep.json (sorted by name); see the module doc."""
+  manifest = sweep.read_manifest(root).get('runs', {})
+  folders = {os.path.relpath(folder, root): folder for folder in _run_folders(root)}
+  # Runs the manifest lists that never started (e.g. still queued on a cluster) are rows too.
+  folders.update({name: os.path.join(root, name) for name in manifest if name not in folders})
+  rows = []
+  for name, folder in folders.items():
+    entry = manifest.get(name, {})
+    # The swept keys lead, then the overrides every run of the sweep got.
+    rows.append(run_row(folder, name, {**entry.get('overrides', {}),
+                                       **entry.get('common', {})}))
+  return sorted(rows, key=lambda r: r['run'])
+
+
+def columns(rows: list[dict]) -> list[str]:
+  """run, status, config keys, summary figures, scores, then anything else, in that order."""
+  seen = []
+  for row in rows:
+    seen += [k for k in row if k not in seen]
+  config = [k for k in seen if '.' in k or k in ('model', 'layer', 'positions')]
+  summary = [k for k in SUMMARY_KEYS if k in seen and k not in config]
+  scores = [k for k in seen if k.startswith('score')]
+  head = ['run', 'status', *config, *summary, *scores]
+  return head + [k for k in seen if k not in head]
+
+
+def write_csv(rows: list[dict], path: str) -> str:
+  """Writes rows to `path` (missing cells empty); returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns(rows), restval='')
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def read_csv(path: str) -> list[dict]:
+  """Rows of a study CSV, numbers as floats where a cell parses as one."""
+  def parse(value):
+    try:
+      return float(value)
+    except ValueError:
+      return value
+  with open(path, newline='') as f:
+    return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(value):
+  try:
+    value = float(value)
+  except (TypeError, ValueError):
+    return None
+  return value if math.isfinite(value) else None
+
+
+def where(rows: list[dict], conditions: dict) -> list[dict]:
+  """Rows whose columns equal the given values (numbers compared as floats)."""
+  def match(row, key, want):
+    have = row.get(key)
+    if _number(have) is not None and _number(want) is not None:
+      return math.isclose(_number(have), _number(want), rel_tol=1e-9)
+    return str(have) == str(want)
+  return [r for r in rows if all(match(r, k, v) for k, v in conditions.items())]
+
+
+def _label(key: str) -> str:
+  return {'steer.beta': 'beta (factor init size)', 'optim.factor_lr': 'factor LR',
+          'optim.direction_lr': 'direction LR', 'width': 'hidden width n'}.get(key, key)
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')  # files only: no display on clusters and test machines
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def heatmap(rows: list[dict], out: str, metric: str = 'final_loss',
+            x: str = 'optim.factor_lr', y: str = 'steer.beta', title: str = '') -> str:
+  """The paper-style grid: `metric` over (y, x) with every cell annotated; writes a PNG.
+
+  Failed runs and runs without the metric show as an empty cell marked 'x'; the best cell
+  (lowest loss, highest score) is framed. Several rows in one cell are averaged.
+
+  Args:
+    rows: from collect() or read_csv().
+    out: the PNG path.
+    metric: a numeric column; names starting with 'score' count higher as better.
+    x: the column across (default the factor LR).
+    y: the column down (default beta).
+    title: the figure title ('' = metric and run count).
+
+  Returns:
+    out.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
+  xs = sorted({_number(r.get(x)) for r in rows} - {None})
+  ys = sorted({_number(r.get(y)) for r in rows} - {None})
+  if not xs or not ys:
+    raise ValueError(f'no numeric {x!r} and {y!r} columns in the rows to plot')
+  cells = {}
+  for r in rows:
+    key = (_number(r.get(y)), _number(r.get(x)))
+    cells.setdefault(key, []).append(_number(r.get(metric)))
+  grid = np.full((len(ys), len(xs)), np.nan)
+  for i, yv in enumerate(ys):
+    for j, xv in enumerate(xs):
+      values = [v for v in cells.get((yv, xv), []) if v is not None]
+      if values:
+        grid[i, j] = float(np.mean(values))
+  higher_better = metric.startswith('score')
+  fig, ax = plt.subplots(figsize=(1.1 * len(xs) + 2.5, 0.8 * len(ys) + 1.8))
+  image = ax.imshow(np.ma.masked_invalid(grid), cmap='viridis' if higher_better else 'viridis_r',
+                    aspect='auto', origin='lower')
+  fig.colorbar(image, ax=ax, label=metric)
+  finite = np.isfinite(grid)
+  span = (np.nanmin(grid), np.nanmax(grid)) if finite.any() else (0.0, 1.0)
+  for i in range(len(ys)):
+    for j in range(len(xs)):
+      if not finite[i, j]:
+        ax.text(j, i, 'x', ha='center', va='center', color='grey')
+        continue
+      # Dark text on the light end of the colour map, light text on the dark end.
+      light = (grid[i, j] - span[0]) / ((span[1] - span[0]) or 1.0)
+      light = light if higher_better else 1.0 - light
+      ax.text(j, i, f'{grid[i, j]:.3g}', ha='center', va='center', fontsize=9,
+              color='black' if light > 0.5 else 'white')
+  if finite.any():
+    best = np.unravel_index(np.nanargmax(grid) if higher_better else np.nanargmin(grid),
+                            grid.shape)
+    ax.add_patch(plt.Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False,
+                               edgecolor='red', linewidth=2))
+  ax.set_xticks(range(len(xs)), [f'{v:g}' for v in xs])
+  ax.set_yticks(range(len(ys)), [f'{v:g}' for v in ys])
+  ax.set_xlabel(_label(x))
+  ax.set_ylabel(_label(y))
+  ax.set_title(title or f'{metric} ({len(rows)} runs)')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out
+
+
+def setting_label(row: dict, keys: list[str]) -> str:
+  """'mup flr10': the width-exponent pair as mup/fixed, other keys as alias+value."""
+  parts, keys = [], list(keys)
+  pair = ('optim.factor_lr_width_exponent', 'optim.direction_lr_width_exponent')
+  if all(k in keys for k in pair):
+    have = (_number(row.get(pair[0])), _number(row.get(pair[1])))
+    mode = next((m for m, v in sweep.TRANSFER.items() if v == have), None)
+    if mode:
+      parts.append(mode)
+      keys = [k for k in keys if k not in pair]
+  parts += [sweep.fragment(k, row.get(k)) for k in keys]
+  return ' '.join(parts) or 'all runs'
+
+
+def varying(rows: list[dict], exclude=()) -> list[str]:
+  """Config columns (dotted keys) whose value differs between rows, less `exclude`."""
+  keys = [k for k in columns(rows) if '.' in k and k not in exclude]
+  return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+
+
+def curves(rows: list[dict], out: str, metric: str = 'final_loss', x: str = 'width',
+           series: list[str] | None = None, title: str = '', log_x: bool = True) -> str:
+  """`metric` over `x` (default the hidden width), one line per setting; writes a PNG.
+
+  Args:
+    rows: from collect() or read_csv().
+    out: the PNG path.
+    metric: a numeric column.
+    x: a numeric column for the horizontal axis.
+    series: the columns that make a setting (default: every varying config key except the
+      model, its layer and x itself).
+    title: the figure title ('' = metric over x).
+    log_x: a log2 horizontal axis (widths and LRs grow geometrically).
+
+  Returns:
+    out.
+  """
+  plt = _pyplot()
+  if series is None:
+    series = varying(rows, exclude=(x, 'model', 'layer'))
+  lines = {}
+  for r in rows:
+    xv, yv = _number(r.get(x)), _number(r.get(metric))
+    if xv is None:
+      continue
+    lines.setdefault(setting_label(r, series), []).append((xv, yv))
+  if not lines:
+    raise ValueError(f'no rows with a numeric {x!r} column to plot')
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for label, points in sorted(lines.items()):
+    points = sorted(points)
+    ax.plot([p[0] for p in points], [float('nan') if p[1] is None else p[1] for p in points],
+            marker='o', label=label)
+  if log_x:
+    ax.set_xscale('log', base=2)
+  xs = sorted({p[0] for pts in lines.values() for p in pts})
+  ax.set_xticks(xs, [f'{v:g}' for v in xs], rotation=45)  # close widths (576, 640) overlap
+  ax.minorticks_off()
+  ax.set_xlabel(_label(x))
+  ax.set_ylabel(metric)
+  ax.set_title(title or f'{metric} over {_label(x)}')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out

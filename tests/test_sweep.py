@@ -1,0 +1,290 @@
+"""Sweeps (names, expansion, local runs with skip and resume, printed commands), collect, plots."""
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from prosv_jax import study, sweep
+from prosv_jax.config import base_config
+from prosv_jax.errors import ProsvError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = '''
+from prosv_jax import sweep
+from prosv_jax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model = {model!r}
+  c.layer = 1
+  c.data.max_examples = 4
+  c.data.max_response_tokens = 16
+  c.train.batch_size = 4
+  c.train.epochs = 2  # 2 steps per run
+  c.train.checkpoint_every = 1
+  c.lock()
+  return c
+
+
+def get_sweep(name):
+  return sweep.pick({{'tiny': lambda: sweep.grid({{'steer.beta': (1.0, 4.0),
+                                                 'optim.factor_lr': (0.1, 10.0)}})}}, name)
+'''
+TINY_NAMES = ['beta1_flr0.1', 'beta1_flr10', 'beta4_flr0.1', 'beta4_flr10']
+
+
+def launch(name, *args, check=True):
+  result = subprocess.run([sys.executable, os.path.join('launch', name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+  if check:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+  return result
+
+
+# --- building sweeps ----------------------------------------------------------------------
+
+
+def test_names_read_like_the_values():
+  points = sweep.product(sweep.axis('steer.beta', [4.0, 16.0]),
+                         sweep.axis('optim.factor_lr', [0.01, 10.0]))
+  assert [sweep.run_name(p) for p in points] == ['beta4_flr0.01', 'beta4_flr10',
+                                                 'beta16_flr0.01', 'beta16_flr10']
+  zipped = sweep.zip(sweep.axis('steer.beta', [1.0, 2.0]), sweep.axis('train.epochs', [3, 6]))
+  assert [sweep.run_name(p) for p in zipped] == ['beta1_ep3', 'beta2_ep6']
+  assert zipped[1] == {'steer.beta': 2.0, 'train.epochs': 6, sweep.NAME: ('beta2', 'ep6')}
+  assert sweep.run_name({'data.concepts': (0, 1), 'model': 'hf:org/m'}) == 'c0-1_modelhf-org-m'
+  assert sweep.run_name(sweep.labelled('mup', {'optim.base_width': 576})) == 'mup'
+  with pytest.raises(ProsvError, match='equal lengths'):
+    sweep.zip(sweep.axis('steer.beta', [1.0]), sweep.axis('train.epochs', [3, 6]))
+  with pytest.raises(ProsvError, match='steer.beta twice'):
+    sweep.product(sweep.axis('steer.beta', [1.0]), sweep.axis('steer.beta', [2.0]))
+
+
+def test_paper_grid_and_width_sweep_expand_to_unique_runs(monkeypatch):
+  monkeypatch.setenv('PROSV_GEMMA3_270M', '/m/gemma3.gguf')
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('prosv_cfg', os.path.join(ROOT, 'configs',
+                                                                          'prosv.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  runs = sweep.expand(module.get_sweep('beta_lr'), 'root')
+  assert len(runs) == 30 and len({r.name for r in runs}) == 30
+  assert runs[0].name == 'beta1_flr0.01' and runs[-1].name == 'beta16_flr40'
+  four = {r.name: r for r in runs}['beta4_flr10']
+  assert four.overrides == {'steer.beta': 4.0, 'optim.factor_lr': 10.0}
+  assert four.workdir == os.path.join('root', 'beta4_flr10')
+  width = sweep.expand(module.get_sweep('width'), 'root')
+  assert len(width) == 20 and len({r.name for r in width}) == 20
+  first = width[0]
+  assert first.name == 'smollm2_mup_flr1'
+  assert first.overrides == {'model': 'smollm2-135m-instruct', 'layer': 10,
+                             'optim.factor_lr_width_exponent': 0.5,
+                             'optim.direction_lr_width_exponent': -0.5, 'optim.factor_lr': 1.0}
+  assert {r.overrides['model'] for r in width} >= {'/m/gemma3.gguf', 'hf:google/gemma-2-9b-it'}
+  with pytest.raises(ProsvError, match="unknown sweep 'nope'; this config has: beta_lr"):
+    module.get_sweep('nope')
+  with pytest.raises(ProsvError, match='both named beta1'):
+    sweep.expand(sweep.axis('steer.beta', [1.0, 1]), 'root')
+
+
+def test_overrides_apply_and_print_as_flags_that_parse_back():
+  config = base_config()
+  config.lock()
+  overrides = {'steer.beta': 16.0, 'optim.factor_lr': 0.01, 'optim.base_width': 576,
+               'data.concepts': (0, 2), 'model': 'hf:org/model', 'train.cache_hidden': False}
+  applied = sweep.apply(config, overrides)
+  assert applied.steer.beta == 16.0 and applied.data.concepts == (0, 2)
+  assert config.steer.beta == 4.0  # the base config is left alone
+  argv = ['t', '--config=configs/prosv.py', *sweep.config_flags_of(overrides)]
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=argv)
+  values(argv)
+  assert holder.value.to_dict() == applied.to_dict()
+  with pytest.raises(ProsvError, match='steer.betta'):
+    sweep.apply(config, {'steer.betta': 1.0})
+  with pytest.raises(ProsvError, match='train.epochs'):
+    sweep.apply(config, {'train.epochs': 1.5})
+
+
+def test_print_gives_one_command_per_run(tmp_path):
+  out = launch('sweep.py', '--config=configs/prosv.py:smollm2', '--sweep=beta_lr',
+               f'--root={tmp_path}/grid', '--print', '--config.train.epochs=3',
+               "--config.data.source=my data").stdout.splitlines()
+  assert len(out) == 30
+  argv = shlex.split(out[0])
+  assert argv == ['python', 'launch/train.py', '--config=configs/prosv.py:smollm2',
+                  '--config.train.epochs=3', '--config.data.source=my data',
+                  '--config.steer.beta=1.0', '--config.optim.factor_lr=0.01',
+                  f'--config.workdir={tmp_path}/grid/beta1_flr0.01']
+  assert not os.path.exists(f'{tmp_path}/grid/beta1_flr0.01')  # printing trains nothing
+  manifest = json.load(open(f'{tmp_path}/grid/sweep.json'))
+  assert manifest['runs']['beta4_flr10']['overrides'] == {'steer.beta': 4.0,
+                                                          'optim.factor_lr': 10.0}
+  pending = study.collect(f'{tmp_path}/grid')  # queued, not started: rows all the same
+  assert len(pending) == 30 and {r['status'] for r in pending} == {'pending'}
+  assert {r['steer.beta'] for r in pending} == set(sweep.PAPER_BETAS)
+  # Through a launcher script, and only the first runs.
+  out = launch('sweep.py', '--config=configs/fssv.py:gemma2_2b', '--sweep=beta_lr',
+               f'--root={tmp_path}/g2', '--print', '--max_runs=2', '--max_steps=7',
+               '--launcher=launch/slurm.sh --nodes=2').stdout.splitlines()
+  assert len(out) == 2
+  argv = shlex.split(out[1])
+  assert argv[:3] == ['launch/slurm.sh', '--nodes=2', '--config=configs/fssv.py:gemma2_2b']
+  assert argv[-2:] == [f'--config.workdir={tmp_path}/g2/beta1_flr0.1', '--max_steps=7']
+  # A slurm dry run of a printed line is a valid submission.
+  dry = subprocess.run(['bash', *argv, '--dry-run'], cwd=ROOT, capture_output=True, text=True,
+                       check=True).stdout
+  assert dry.startswith('sbatch ') and 'beta1_flr0.1' in dry
+
+
+def test_sweep_refuses_an_override_of_a_swept_key(tmp_path):
+  result = launch('sweep.py', '--config=configs/prosv.py', '--sweep=beta_lr',
+                  f'--root={tmp_path}', '--print', '--config.steer.beta=3', check=False)
+  assert result.returncode != 0 and '--config.steer.beta is varied by the sweep' in result.stderr
+  result = launch('sweep.py', '--config=configs/prosv.py', '--sweep=nope', f'--root={tmp_path}',
+                  '--print', check=False)
+  assert "unknown sweep 'nope'" in result.stderr
+
+
+# --- running sweeps on a tiny random model -----------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def tiny_model_path(tmp_path_factory):
+  pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
+  from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer
+  path, _ = save_tiny_hf_model(tmp_path_factory.mktemp('tiny'), 'llama', num_hidden_layers=3,
+                               initializer_range=0.1)
+  save_tiny_tokenizer(path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def tiny_config_file(tiny_model_path, tmp_path_factory):
+  path = tmp_path_factory.mktemp('configs') / 'tiny.py'
+  path.write_text(TINY_CONFIG.format(model=str(tiny_model_path)))
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def swept(tiny_config_file, tmp_path_factory):
+  """A 2 x 2 sweep run once by launch/sweep.py (the tests below read what it left)."""
+  root = str(tmp_path_factory.mktemp('sweep') / 'tiny')
+  out = launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny', f'--root={root}',
+               '--config.train.seed=7').stdout
+  return root, out
+
+
+def test_sweep_runs_every_point_in_a_named_workdir(swept):
+  root, out = swept
+  assert sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) == \
+      TINY_NAMES
+  for name in TINY_NAMES:
+    summary = json.load(open(os.path.join(root, name, 'summary.json')))
+    assert summary['steps'] == summary['total_steps'] == 2
+    config = json.load(open(os.path.join(root, name, 'config.json')))
+    assert config['train']['seed'] == 7  # the common override reached every run
+    assert f'{name:<32} done' in out
+  c = json.load(open(os.path.join(root, 'beta4_flr0.1', 'config.json')))
+  assert (c['steer']['beta'], c['optim']['factor_lr']) == (4.0, 0.1)
+  summary = json.load(open(os.path.join(root, 'beta4_flr0.1', 'summary.json')))
+  # The study figures every summary carries.
+  for key in ('final_loss', 'factor', 'direction_norm', 'width', 'layer', 'residual_rms',
+              'factor_lr', 'direction_lr'):
+    assert summary[key] is not None, key
+  assert summary['width'] == 64 and summary['layer'] == 1 and summary['factor_lr'] == 0.1
+
+
+def test_rerun_skips_finished_runs(swept, tiny_config_file):
+  root, _ = swept
+  stamps = {n: os.path.getmtime(os.path.join(root, n, 'summary.json')) for n in TINY_NAMES}
+  out = launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny', f'--root={root}',
+               '--config.train.seed=7').stdout
+  assert out.count('finished before, skipped') == 4 and 'training in' not in out
+  assert stamps == {n: os.path.getmtime(os.path.join(root, n, 'summary.json'))
+                    for n in TINY_NAMES}
+  printed = launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny', f'--root={root}',
+                   '--print')
+  assert printed.stdout == '' and '4 finished runs left out' in printed.stderr
+
+
+def test_run_local_resumes_and_records_failures(tiny_config_file, tmp_path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('tiny_cfg', tiny_config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  points = [{'steer.beta': 2.0}, {'optim.factor_lr': -1.0}]  # the second cannot train
+  runs = sweep.expand(points, str(tmp_path))
+  lines = []
+  first = sweep.run_local(config, runs, max_steps=1, log=lines.append)
+  assert [r['status'] for r in first] == ['stopped', 'failed']
+  assert 'positive learning rate' in first[1]['error']
+  assert json.load(open(tmp_path / 'flr-1' / 'failed.json'))['overrides'] == {
+      'optim.factor_lr': -1.0}
+  second = sweep.run_local(config, runs, log=lines.append)
+  assert [r['status'] for r in second] == ['done', 'skipped-failed']
+  metrics = [json.loads(x) for x in open(tmp_path / 'beta2' / 'metrics.jsonl')]
+  assert [m['step'] for m in metrics] == [1, 2]  # resumed at step 1, not retrained
+  third = sweep.run_local(config, runs, retry_failed=True, log=lines.append)
+  assert [r['status'] for r in third] == ['skipped', 'failed']
+
+
+# --- collect and plot ---------------------------------------------------------------------
+
+
+def test_collect_writes_one_row_per_run(swept, tmp_path):
+  root, _ = swept
+  # An evaluation of one run, as launch/evaluate.py writes it into the run's eval/ folder.
+  os.makedirs(os.path.join(root, 'beta4_flr10', 'eval'), exist_ok=True)
+  with open(os.path.join(root, 'beta4_flr10', 'eval', 'results.json'), 'w') as f:
+    json.dump({'methods': {'unsteered': {'mean': {'harmonic': 0.2}},
+                           'prosv': {'mean': {'harmonic': 0.9}}}}, f)
+  out = str(tmp_path / 'study.csv')
+  printed = launch('collect.py', f'--root={root}', f'--out={out}').stdout
+  assert '4 runs (4 done)' in printed
+  with open(out, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['run'] for r in rows] == TINY_NAMES
+  header = list(rows[0])
+  assert header[:4] == ['run', 'status', 'steer.beta', 'optim.factor_lr']
+  for column in ('model', 'layer', 'optim.base_width', 'train.seed', 'width', 'final_loss',
+                 'factor', 'direction_norm', 'residual_rms', 'edit_rms_ratio', 'factor_lr',
+                 'direction_lr', 'score', 'score_prosv', 'score_unsteered'):
+    assert column in header, column
+  by_name = {r['run']: r for r in rows}
+  assert by_name['beta4_flr10']['score'] == '0.9'
+  assert by_name['beta1_flr0.1']['score'] == ''
+  assert {r['steer.beta'] for r in rows} == {'1.0', '4.0'}
+  assert all(float(r['final_loss']) > 0 and r['status'] == 'done' for r in rows)
+
+
+def test_plots_are_written(swept, tmp_path):
+  root, _ = swept
+  rows = study.collect(root)
+  csv_path = study.write_csv(rows, str(tmp_path / 'study.csv'))
+  heat = str(tmp_path / 'heat.png')
+  assert launch('plot_study.py', f'--csv={csv_path}', '--kind=heatmap', f'--out={heat}',
+                '--metric=final_loss').stdout.strip() == heat
+  curve = str(tmp_path / 'curve.png')
+  launch('plot_study.py', f'--csv={csv_path}', '--kind=curves', f'--out={curve}',
+         '--x=optim.factor_lr', '--where=steer.beta=4')
+  # Curves over width, one line per setting, from rows of several models.
+  fake = [dict(r, width=w, model=m, **{'optim.factor_lr_width_exponent': e,
+                                       'optim.direction_lr_width_exponent': -e,
+                                       'final_loss': r['final_loss'] + e + w / 1e4})
+          for r in rows for w, m in ((576, 'a'), (2304, 'b')) for e in (0.0, 0.5)]
+  width_png = study.curves(fake, str(tmp_path / 'width.png'))
+  assert study.setting_label(fake[1], study.varying(fake, ('width', 'model', 'layer'))) == \
+      'mup beta1 flr0.1'
+  for path in (heat, curve, width_png):
+    with open(path, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000

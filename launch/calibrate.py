@@ -28,6 +28,9 @@ HELDOUT = flags.DEFINE_list('heldout', [CONCEPT10.format('2b_l10')],
 PER_CLASS = flags.DEFINE_integer('per_class', 0, 'Cap of pairs per concept and class (0 = all).')
 FLUENCY = flags.DEFINE_integer('fluency_per_concept', 12, 'Real texts per concept for fluency '
                                '(each with a corrupted copy).')
+SCORES = flags.DEFINE_string('scores', 'workdirs/calibration_scores.npz',
+                             'Raw scores cache: reused when present, so refitting is instant '
+                             "('' = no cache).")
 OUT = flags.DEFINE_string('out', '', "Where to write the JSON ('' = the packaged default path "
                           'for --model).')
 
@@ -44,7 +47,7 @@ def main(argv):
     model = load_model(MODEL.value, DTYPE.value)
     cal = calibrate(encoder, model, MODEL.value, CALIBRATE.value, HELDOUT.value,
                     per_class=PER_CLASS.value, fluency_per_concept=FLUENCY.value,
-                    log=lambda m: print(m, file=sys.stderr))
+                    log=lambda m: print(m, file=sys.stderr), scores_path=SCORES.value)
   except ProsvError as e:
     raise SystemExit(f'error: {e}') from None
   out = OUT.value or default_calibration_path(MODEL.value)

@@ -85,9 +85,10 @@ def test_threshold_fit_and_band():
   assert 0.9 < rep['auroc'] < 0.95 and rep['accuracy'] > 0.8
   assert rep['positive_rating_share'][0] == pytest.approx(0.1, abs=0.02)  # band quantile
   assert rep['negative_rating_share'][2] == pytest.approx(0.1, abs=0.02)
-  # Separable classes: the band collapses onto the midpoint, nothing rates 1.
+  # Separable classes: the band is the gap between them, so a borderline score rates 1.
   t2 = calibrate.fit_threshold(np.r_[np.ones(5) * 3, np.zeros(5)], np.r_[np.ones(5), np.zeros(5)])
-  assert list(t2.rate([0, 3])) == [0, 2]
+  assert t2.low <= 0.0 and t2.high == 3.0
+  assert list(t2.rate([-1, 1.5, 3])) == [0, 1, 2]
   assert list(Threshold(0, 0.5, 1).rate([-1, 0, 0.7, 1, -np.inf])) == [0, 1, 1, 2, 0]
 
 

@@ -21,8 +21,8 @@ from prosv_jax import data
 from prosv_jax.eval.offline_judge import (Calibration, Threshold, fluency_features,
                                           fluency_score)
 
-BAND_QUANTILE = 0.1  # at most ~10% of positives rate 0 and ~10% of negatives rate 2
-REPEAT_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+BAND_QUANTILE = 0.1  # ~10% of positives fall below the band, ~10% of negatives above it
+REPEAT_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 @dataclasses.dataclass
@@ -145,8 +145,11 @@ def fit_threshold(scores: np.ndarray, labels: np.ndarray,
   tpr = (pos[None, :] >= cands[:, None]).mean(1)
   tnr = (neg[None, :] < cands[:, None]).mean(1)
   mid = float(cands[np.argmax(tpr + tnr)])
-  low = min(mid, float(np.quantile(pos, band)))
-  high = max(mid, float(np.quantile(neg, 1 - band)))
+  # The middle rating covers the scores between the band-quantile of positives and the
+  # (1 - band)-quantile of negatives: their overlap when the classes overlap, the gap
+  # between them when they separate (so a borderline response still gets a 1).
+  q_pos, q_neg = float(np.quantile(pos, band)), float(np.quantile(neg, 1 - band))
+  low, high = min(q_pos, q_neg, mid), max(q_pos, q_neg, mid)
   return Threshold(low=low, mid=mid, high=high)
 
 
@@ -167,11 +170,20 @@ def separation(scores: np.ndarray, labels: np.ndarray, threshold: Threshold) -> 
 
 def calibrate(encoder, model, model_name: str, calibration_sources: list[str],
               heldout_sources: list[str], per_class: int = 0, fluency_per_concept: int = 12,
-              log=print) -> Calibration:
+              log=print, scores_path: str = '') -> Calibration:
   """Fits thresholds on `calibration_sources` and reports them on `heldout_sources`.
 
   The two lists must hold different concepts (for AxBench Concept10 the three settings do).
+  With `scores_path`, raw scores are saved there (.npz) and reused when the file exists, so
+  a changed fitting rule costs no model time.
   """
+  if scores_path and os.path.exists(scores_path):
+    log(f'reusing raw scores from {scores_path}')
+    with np.load(scores_path) as z:
+      raw = {k: z[k] for k in z.files}
+    return fit(raw, model_name, calibration_sources, heldout_sources,
+               getattr(encoder, 'name', 'all-MiniLM-L6-v2') if encoder else 'all-MiniLM-L6-v2')
+
   def gather(fn, sources, **kw):
     parts = [fn(s, **kw) for s in sources]
     return Pairs(sum((p.response for p in parts), []), sum((p.reference for p in parts), []),
@@ -183,38 +195,57 @@ def calibrate(encoder, model, model_name: str, calibration_sources: list[str],
     emb = dict(zip(texts, encoder.encode(texts)))
     return np.array([emb[r] @ emb[x] for r, x in zip(p.response, p.reference)])
 
-  thresholds, report = {}, {}
+  raw = {}
   for aspect, fn, kw in (('concept', concept_pairs, dict(per_class=per_class)),
                          ('instruction', instruction_pairs, dict(per_class=per_class))):
     cal, held = gather(fn, calibration_sources, **kw), gather(fn, heldout_sources, **kw)
     log(f'{aspect}: embedding {len(cal.response)} calibration and {len(held.response)} '
         'held-out pairs')
-    cal_s, held_s = similarity(cal), similarity(held)
-    thresholds[aspect] = fit_threshold(cal_s, cal.label)
-    report[aspect] = dict(calibration=separation(cal_s, cal.label, thresholds[aspect]),
-                          heldout=separation(held_s, held.label, thresholds[aspect]))
+    raw[f'{aspect}_cal'], raw[f'{aspect}_cal_label'] = similarity(cal), cal.label
+    raw[f'{aspect}_held'], raw[f'{aspect}_held_label'] = similarity(held), held.label
 
   cal = gather(fluency_pairs, calibration_sources, per_concept=fluency_per_concept)
   held = gather(fluency_pairs, heldout_sources, per_concept=fluency_per_concept, seed=1)
   log(f'fluency: scoring {len(cal.response)} calibration and {len(held.response)} held-out '
       f'texts with {model_name}')
-  cal_ll, cal_rep = fluency_features(model, cal.response)
-  held_ll, held_rep = fluency_features(model, held.response)
+  raw['fluency_cal_ll'], raw['fluency_cal_rep'] = fluency_features(model, cal.response)
+  raw['fluency_held_ll'], raw['fluency_held_rep'] = fluency_features(model, held.response)
+  raw['fluency_cal_label'], raw['fluency_held_label'] = cal.label, held.label
+  if scores_path:
+    os.makedirs(os.path.dirname(os.path.abspath(scores_path)), exist_ok=True)
+    np.savez(scores_path, **raw)
+  return fit(raw, model_name, calibration_sources, heldout_sources,
+             getattr(encoder, 'name', 'all-MiniLM-L6-v2'))
+
+
+def fit(raw: dict, model_name: str, calibration_sources, heldout_sources,
+        embedder: str) -> Calibration:
+  """Thresholds and the held-out report from raw calibration scores."""
+  thresholds, report = {}, {}
+  for aspect in ('concept', 'instruction'):
+    cal_s, cal_y = raw[f'{aspect}_cal'], raw[f'{aspect}_cal_label']
+    thresholds[aspect] = fit_threshold(cal_s, cal_y)
+    report[aspect] = dict(
+        calibration=separation(cal_s, cal_y, thresholds[aspect]),
+        heldout=separation(raw[f'{aspect}_held'], raw[f'{aspect}_held_label'],
+                           thresholds[aspect]))
+  cal_ll, cal_rep, cal_y = raw['fluency_cal_ll'], raw['fluency_cal_rep'], raw['fluency_cal_label']
+  held_ll, held_rep = raw['fluency_held_ll'], raw['fluency_held_rep']
+  held_y = raw['fluency_held_label']
   # The repetition weight is picked on the calibration texts only, by AUROC.
-  weight = max(REPEAT_WEIGHTS, key=lambda w: (auroc(fluency_score(cal_ll, cal_rep, w),
-                                                    cal.label), -w))
+  weight = max(REPEAT_WEIGHTS, key=lambda w: (auroc(fluency_score(cal_ll, cal_rep, w), cal_y),
+                                              -w))
   cal_s = fluency_score(cal_ll, cal_rep, weight)
   held_s = fluency_score(held_ll, held_rep, weight)
-  thresholds['fluency'] = fit_threshold(cal_s, cal.label)
+  thresholds['fluency'] = fit_threshold(cal_s, cal_y)
   report['fluency'] = dict(
-      calibration=separation(cal_s, cal.label, thresholds['fluency']),
-      heldout=separation(held_s, held.label, thresholds['fluency']),
+      calibration=separation(cal_s, cal_y, thresholds['fluency']),
+      heldout=separation(held_s, held_y, thresholds['fluency']),
       likelihood_only_heldout_auroc=auroc(np.where(np.isfinite(held_ll), held_ll, -1e30),
-                                          held.label),
+                                          held_y),
       repeat_weight=weight)
   report['sources'] = dict(calibration=list(calibration_sources),
                            heldout=list(heldout_sources), band_quantile=BAND_QUANTILE)
-  return Calibration(embedder=getattr(encoder, 'name', 'all-MiniLM-L6-v2'),
-                     fluency_model=model_name, concept=thresholds['concept'],
+  return Calibration(embedder=embedder, fluency_model=model_name, concept=thresholds['concept'],
                      instruction=thresholds['instruction'], fluency=thresholds['fluency'],
                      repeat_weight=weight, report=report)

@@ -21,7 +21,7 @@ from prosv_jax.artifacts import load_vectors
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
 from prosv_jax.eval import report, scores, utility
-from prosv_jax.eval.steering import (METHODS, Group, Setup, Store, generate_group,
+from prosv_jax.eval.steering import (METHODS, Group, Setup, Store, generate_groups,
                                      group_keys, group_ratings, judge_missing,
                                      select_multipliers)
 from prosv_jax.models.load import load_model
@@ -118,14 +118,12 @@ def make_judge(config, model):
 
 def _run_groups(groups, setup, gens, ratings, judge, desc):
   groups = list(dict.fromkeys(groups))  # the grid pick may be the trained factor itself
-  bar = tqdm(groups, desc=f'{desc}: generate', unit='group', dynamic_ncols=True)
-  for g in bar:
-    bar.set_postfix(method=g.method, concept=g.concept_id, x=f'{g.multiplier:g}')
-    generate_group(setup, g, gens)
   keys = [k for g in groups for k in group_keys(setup, g)]
+  with tqdm(total=len(keys), desc=f'{desc}: generate', unit='gen', dynamic_ncols=True) as bar:
+    bar.update(len([k for k in keys if k in gens]))
+    generate_groups(setup, groups, gens, progress=bar.update)
   with tqdm(total=len(keys), desc=f'{desc}: judge', unit='gen', dynamic_ncols=True) as bar:
-    done = len([k for k in keys if f'{judge.name}|{k}' in ratings])
-    bar.update(done)
+    bar.update(len([k for k in keys if f'{judge.name}|{k}' in ratings]))
     judge_missing(judge, setup, gens, ratings, keys, progress=bar.update)
 
 

@@ -98,39 +98,64 @@ def prompt_text(setup: Setup, group: Group, instruction: str, index: int) -> str
   return text
 
 
-def steer_kwargs(setup: Setup, group: Group, batch: int) -> dict:
-  if group.method not in VECTOR_METHODS:
+def _steer_kind(group: Group) -> str:
+  return VECTOR_METHODS.get(group.method, 'none')
+
+
+def _batch_steer(setup: Setup, rows: list[tuple[Group, int, int]]) -> dict:
+  """generate_ids keyword arguments that steer each row with its own group's vector.
+
+  Rows of one batch share a vector set (same layer and positions); each row gets its own
+  (factor x multiplier, direction) pair, so several grid factors decode in one batch.
+  """
+  kind = _steer_kind(rows[0][0])
+  if kind == 'none':
     return {}
-  vectors = setup.vectors[VECTOR_METHODS[group.method]]
-  row = vectors.index_of(str(group.concept_id))
-  params = vectors.params()
-  params = dict(params, factor=params['factor'] * group.multiplier)
-  return steer.generation_kwargs(params, row, vectors.layer, steer.parse_positions(
-      vectors.positions), batch)
+  vectors = setup.vectors[kind]
+  idx = [vectors.index_of(str(g.concept_id)) for g, _, _ in rows]
+  params = {'factor': np.asarray([vectors.factor[r] * g.multiplier
+                                  for r, (g, _, _) in zip(idx, rows)], np.float32),
+            'direction': np.asarray(vectors.direction[idx], np.float32)}
+  kwargs = steer.generation_kwargs(params, 0, vectors.layer,
+                                   steer.parse_positions(vectors.positions), len(rows))
+  kwargs['steer'] = steer.steer_fn(params, list(range(len(rows))))
+  return kwargs
 
 
-def generate_group(setup: Setup, group: Group, store: Store) -> int:
-  """Generates the group's missing rows (all instructions x samples); returns how many."""
-  todo = [(i, s) for i in range(len(setup.instructions[group.concept_id]))
-          for s in range(setup.samples) if gen_key(group, i, s) not in store]
-  if not todo:
-    return 0
+def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
+                    progress: Callable[[int], None] | None = None) -> int:
+  """Generates the groups' missing rows (instructions x samples); returns how many.
+
+  Groups of one concept and attack flag that steer the same way (none, or one vector set at
+  several factors) share batches: decoding is memory-bound, so wider batches are nearly free.
+  """
+  buckets: dict[tuple, list[Group]] = {}
+  for g in dict.fromkeys(groups):
+    buckets.setdefault((g.concept_id, g.attack, _steer_kind(g)), []).append(g)
   tok = setup.model.tokenizer
-  instr = setup.instructions[group.concept_id]
-  # Common random numbers: every method of a concept samples with the same seed, so
-  # differences between methods are not sampling luck of one method alone.
-  seed = setup.seed * 1_000_003 + group.concept_id * 101 + int(group.attack)
-  for start in range(0, len(todo), setup.batch_size):
-    chunk = todo[start:start + setup.batch_size]
-    texts = [prompt_text(setup, group, instr[i], i) for i, _ in chunk]
-    ids = [chat_prompt_ids(tok, t) for t in texts]
-    out = generate_ids(setup.model.params, setup.model.cfg, ids, sampling=setup.sampling,
-                       seed=seed + start, **steer_kwargs(setup, group, len(ids)))
-    store.add([dict(key=gen_key(group, i, s), **dataclasses.asdict(group), index=i, sample=s,
-                    instruction=instr[i], prompt=t,
-                    response=tok.decode(o, skip_special_tokens=True))
-               for (i, s), t, o in zip(chunk, texts, out)])
-  return len(todo)
+  made = 0
+  for (cid, attack, kind), members in buckets.items():
+    instr = setup.instructions[cid]
+    todo = [(g, i, s) for g in members for i in range(len(instr)) for s in range(setup.samples)
+            if gen_key(g, i, s) not in store]
+    # Common random numbers: the seed depends on the concept, the attack and the steering
+    # kind, not on the method, so methods of a concept are compared on the same draws.
+    seed = (setup.seed * 1_000_003 + cid * 101 + int(attack) * 7 +
+            ('none', 'fssv', 'prosv').index(kind) * 1_009)
+    for start in range(0, len(todo), setup.batch_size):
+      chunk = todo[start:start + setup.batch_size]
+      texts = [prompt_text(setup, g, instr[i], i) for g, i, _ in chunk]
+      ids = [chat_prompt_ids(tok, t) for t in texts]
+      out = generate_ids(setup.model.params, setup.model.cfg, ids, sampling=setup.sampling,
+                         seed=seed + start, **_batch_steer(setup, chunk))
+      store.add([dict(key=gen_key(g, i, s), **dataclasses.asdict(g), index=i, sample=s,
+                      instruction=instr[i], prompt=t,
+                      response=tok.decode(o, skip_special_tokens=True))
+                 for (g, i, s), t, o in zip(chunk, texts, out)])
+      made += len(chunk)
+      if progress is not None:
+        progress(len(chunk))
+  return made
 
 
 def judge_missing(judge: Judge, setup: Setup, gens: Store, ratings: Store,

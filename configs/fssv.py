@@ -20,6 +20,7 @@ from prosv_jax.config import variant_config
 
 SWEEPS = {
     'beta_lr': sweep.paper_grid,  # the paper's (beta, factor LR) grid, 30 runs
+    'beta_lr_small': sweep.small_grid,  # 3 x 5 of it, sized for a CPU
     'width': lambda: sweep.product(
         sweep.models('smollm2', 'gemma3_270m', 'gemma2_2b', 'gemma2_9b', 'qwen25_32b'),
         sweep.transfer(), sweep.axis('optim.factor_lr', (0.1, 1.0))),

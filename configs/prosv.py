@@ -22,6 +22,8 @@ from prosv_jax.config import variant_config
 SWEEPS = {
     # The paper's (beta, factor LR) grid, 30 runs: the heatmap of launch/plot_study.py.
     'beta_lr': sweep.paper_grid,
+    # A CPU-sized corner of that grid: 3 betas x 5 factor LRs, 15 runs.
+    'beta_lr_small': sweep.small_grid,
     # Width transfer: the config's LRs (stated at its optim.base_width) on every model, with
     # and without the muP rule, at two factor LRs: curves of final loss over width.
     'width': lambda: sweep.product(

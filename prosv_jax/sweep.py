@@ -119,6 +119,11 @@ def chain(*sweeps) -> list[dict]:
   return [p for s in sweeps for p in s]
 
 
+def small_grid() -> list[dict]:
+  """A CPU-sized corner of the paper's grid: beta {1, 4, 16} x factor LR {0.01..40}, 15 points."""
+  return grid({'steer.beta': (1.0, 4.0, 16.0), 'optim.factor_lr': (0.01, 0.1, 1.0, 10.0, 40.0)})
+
+
 def paper_grid() -> list[dict]:
   """The paper's (beta, factor LR) grid: 5 x 6 = 30 points."""
   return grid({'steer.beta': PAPER_BETAS, 'optim.factor_lr': PAPER_FACTOR_LRS})

@@ -41,7 +41,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.generation.seed = 0
 
   c.grid = ml_collections.ConfigDict()
-  c.grid.multipliers = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # FSSV factor = this x trained factor
+  c.grid.multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)  # FSSV factor = this x trained factor
 
   c.judge = ml_collections.ConfigDict()
   c.judge.kind = 'offline'  # offline | api | lm

@@ -5,6 +5,10 @@
       --config.workdir=workdirs/run1 --config.train.epochs=6
 
 Rerunning the same command resumes from the workdir's last checkpoint.
+
+Several devices: --config.mesh.data=-1 (or data x model = the device count). Several hosts:
+run the same command on each (see prosv_jax.parallel.maybe_initialize_distributed for the
+environment it reads); only process 0 prints and writes the workdir's logs and exports.
 """
 
 import json
@@ -12,6 +16,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from prosv_jax import parallel
 from prosv_jax.errors import ProsvError
 from prosv_jax.run import held_out_instructions, show_generations, train_and_export
 
@@ -25,32 +30,34 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = CONFIG.value
   try:
+    parallel.maybe_initialize_distributed()  # before anything touches a device
+    say = print if parallel.is_main_process() else lambda *args, **kwargs: None
     summary = train_and_export(config, max_steps=MAX_STEPS.value)
     if summary['steps'] < summary['total_steps']:
-      print(f'stopped at step {summary["steps"]} of {summary["total_steps"]}; rerun the same '
-            'command to resume')
+      say(f'stopped at step {summary["steps"]} of {summary["total_steps"]}; rerun the same '
+          'command to resume')
       return
     show = config.show
     if show.num_instructions:
       from prosv_jax.artifacts import load_vectors
-      from prosv_jax.models.load import load_model
       vectors = load_vectors(summary['artifacts']['vectors'])
-      model = load_model(config.model, config.dtype)
+      model = parallel.load_on_mesh(config.model, config.dtype,
+                                    parallel.mesh_from_config(config))
       instructions = held_out_instructions(config, show.num_instructions)
       for k, (cid, desc) in enumerate(zip(summary['concept_ids'], summary['concepts'])):
-        print(f'\n=== concept {cid}: {desc} (factor {vectors.factor[k]:.2f}, '
-              f'{config.positions} at layer {config.layer}) ===')
+        say(f'\n=== concept {cid}: {desc} (factor {vectors.factor[k]:.2f}, '
+            f'{config.positions} at layer {config.layer}) ===')
         for q, plain, steered in show_generations(
             model, vectors.params(), k, config.layer, config.positions, instructions,
             show.max_new_tokens, temperature=show.temperature):
-          print(f'\n> {q}\n  unsteered: {plain.strip()}\n  steered:   {steered.strip()}')
+          say(f'\n> {q}\n  unsteered: {plain.strip()}\n  steered:   {steered.strip()}')
   except ProsvError as e:
     raise SystemExit(f'error: {e}') from None
-  print('\nsummary:', json.dumps({k: summary[k] for k in (
+  say('\nsummary:', json.dumps({k: summary[k] for k in (
       'steps', 'final_loss', 'factor', 'direction_norm', 'residual_rms', 'train_s',
       'steps_per_s', 'tokens_per_s')}))
-  print(f'artifacts: {config.workdir}/ (config.json, metrics.jsonl, summary.json, checkpoints/, '
-        f'vectors/, control_vector_*.gguf)')
+  say(f'artifacts: {config.workdir}/ (config.json, metrics.jsonl, summary.json, checkpoints/, '
+      f'vectors/, control_vector_*.gguf)')
 
 
 if __name__ == '__main__':

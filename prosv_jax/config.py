@@ -58,6 +58,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 20  # steps between orbax checkpoints (and at the end)
   c.train.log_every = 1  # steps between metrics.jsonl lines
 
+  # Devices (prosv_jax.parallel): 1 x 1 is one device and no sharding; otherwise the product
+  # must equal the device count of all processes. Not part of what is trained: a run may
+  # resume on another mesh.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1  # batch rows + FSDP of the frozen weights over this many devices; -1 = all
+  c.mesh.model = 1  # tensor parallel (heads, MLP width, vocab) over this many; -1 = all left
+  c.mesh.shard_concepts = False  # split the steering params' concept axis over mesh.data too
+
   c.show = ml_collections.ConfigDict()
   c.show.num_instructions = 0  # after training, answer this many held-out instructions twice
   c.show.max_new_tokens = 64  # ... with this many new tokens, unsteered and steered

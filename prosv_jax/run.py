@@ -1,5 +1,12 @@
-"""A training job in a workdir: logs, orbax checkpoints, resume, exported vectors, summary."""
+"""A training job in a workdir: logs, orbax checkpoints, resume, exported vectors, summary.
 
+With several processes every one runs the whole job (same steps, same collectives); only
+process 0 writes config.json, metrics.jsonl, summary.json and the exported vectors, while orbax
+checkpoints are saved and restored by all processes together (its default primary host, 0,
+finalizes them), so the workdir must be on a filesystem every host sees.
+"""
+
+import contextlib
 import json
 import os
 import time
@@ -10,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from prosv_jax import artifacts, data, optim, steer
+from prosv_jax import artifacts, data, optim, parallel, steer
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
 from prosv_jax.train import Trainer
@@ -56,8 +63,9 @@ def _check_same_config(workdir: str, config_json: str):
     with open(path) as f:
       old = json.load(f)
     new = json.loads(config_json)
+    # The mesh says how to run, not what to train: a run may resume on other devices.
     changed = sorted(k for k in set(old) | set(new)
-                     if k not in ('workdir', 'show') and old.get(k) != new.get(k))
+                     if k not in ('workdir', 'show', 'mesh') and old.get(k) != new.get(k))
     if changed:
       raise ProsvError(f'{workdir} holds a run with another config (differs in: '
                        f'{", ".join(changed)}); use a new --config.workdir to start afresh')
@@ -67,20 +75,26 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
   """Runs (or resumes) the job described by `config`; returns the summary dict.
 
   max_steps stops early after that many steps in total (checkpointed), for tests and demos.
+  With several processes every process must call it with the same config.
   """
+  main = parallel.is_main_process()
   workdir = config.workdir
   config_json = config.to_json_best_effort(sort_keys=True)
   os.makedirs(workdir, exist_ok=True)
   _check_same_config(workdir, config_json)
   trainer = Trainer(config, model)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config_json)
+  if main:  # replaced whole, so another process never reads half a file
+    tmp = os.path.join(workdir, f'config.json.{os.getpid()}.tmp')
+    with open(tmp, 'w') as f:
+      f.write(config_json)
+    os.replace(tmp, os.path.join(workdir, 'config.json'))
 
   manager = _checkpoints(workdir)
   state, start = _restore(manager, trainer.init_state())
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  _trim_metrics(metrics_path, start)
-  if start:
+  if main:
+    _trim_metrics(metrics_path, start)
+  if start and main:
     print(f'resuming from step {start} of {trainer.total_steps} ({manager.directory})')
 
   t0 = time.time()
@@ -94,11 +108,11 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
   tokens = 0
   t0 = time.time()
   bar = tqdm(range(start, stop), initial=start, total=trainer.total_steps, unit='step',
-             desc=f'{config.positions} L{trainer.layer}', dynamic_ncols=True)
-  with open(metrics_path, 'a') as log:
+             desc=f'{config.positions} L{trainer.layer}', dynamic_ncols=True, disable=not main)
+  with open(metrics_path, 'a') if main else contextlib.nullcontext() as log:
     for step in bar:
       state, m, batch_tokens = trainer.step(state, step)
-      m = jax.device_get(m)
+      m = parallel.to_host(m)
       if not m['finite']:
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         raise ProsvError(f'non-finite loss or gradient at step {step}; the last good state is '
@@ -107,7 +121,7 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
       tokens += batch_tokens
       loss = float(np.mean(m['loss']))
       bar.set_postfix(loss=f'{loss:.3f}', factor=f'{float(np.mean(m["factor"])):.2f}')
-      if (step + 1) % int(config.train.log_every) == 0 or step + 1 == stop:
+      if main and ((step + 1) % int(config.train.log_every) == 0 or step + 1 == stop):
         log.write(json.dumps({'step': step + 1, 'loss': loss,
                               'loss_per_concept': np.round(m['loss'], 5).tolist(),
                               'factor': np.round(m['factor'], 5).tolist(),
@@ -119,20 +133,33 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
         manager.save(step + 1, args=ocp.args.StandardSave(state), force=True)
   train_s = time.time() - t0
   manager.wait_until_finished()
-  done = int(state['step'])
-  summary = _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start)
+  done = int(parallel.to_host(state['step']))
+  params = parallel.to_host(state['steer'])  # every process: a gather when they are split
+  summary = _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, start)
   if done == trainer.total_steps:
-    summary['artifacts'] = _export(trainer, state, config, summary)
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+    summary['artifacts'] = _export(trainer, params, config, summary, write=main)
+  if main:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  parallel.barrier('prosv_jax: exported')  # the others may read what process 0 wrote
   return summary
 
 
-def _last_epoch_loss(metrics_path: str, steps_per_epoch: int, done: int):
-  with open(metrics_path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  recent = [m['loss_per_concept'] for m in lines if m['step'] > done - steps_per_epoch]
-  return np.mean(recent, axis=0).tolist() if recent else None
+def _last_epoch_loss(metrics_path: str, steps_per_epoch: int, done: int, num_concepts: int):
+  """Mean per-concept loss of the last epoch, from process 0's log, known to every process."""
+  loss = None
+  if parallel.is_main_process():
+    with open(metrics_path) as f:
+      lines = [json.loads(line) for line in f if line.strip()]
+    recent = [m['loss_per_concept'] for m in lines if m['step'] > done - steps_per_epoch]
+    loss = np.mean(recent, axis=0).tolist() if recent else None
+  if jax.process_count() == 1:
+    return loss
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  # Only process 0 has the log; the others get its numbers (all call this, it is a collective).
+  known, values = multihost_utils.broadcast_one_to_all(  # same shapes on every process
+      (np.asarray(loss is not None), np.asarray(loss or [0.0] * num_concepts, np.float64)))
+  return values.tolist() if known else None
 
 
 def _residual_rms(trainer: Trainer) -> float:
@@ -142,11 +169,11 @@ def _residual_rms(trainer: Trainer) -> float:
                        b['length'])
   valid = jnp.arange(h.shape[1])[None] < b['length'][:, None]
   sq = jnp.where(valid[..., None], jnp.square(h.astype(jnp.float32)), 0.0)
-  return float(jnp.sqrt(sq.sum() / (valid.sum() * h.shape[-1])))
+  return float(parallel.to_host(jnp.sqrt(sq.sum() / (valid.sum() * h.shape[-1]))))
 
 
-def _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start) -> dict:
-  params = jax.device_get(state['steer'])
+def _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, start) -> dict:
+  """The summary dict; every process computes it (the residual RMS runs the model)."""
   ran = done - start
   # The LRs Adam used, after the width rule (optim.base_width): what a width study plots.
   factor_lr, direction_lr = optim.scaled_lrs(trainer.config.optim, trainer.width)
@@ -155,7 +182,8 @@ def _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start
       'width': trainer.width, 'loss_kind': trainer.config.train.loss,
       'concept_ids': trainer.concepts.ids, 'concepts': trainer.concepts.descriptions,
       'steps': done, 'total_steps': trainer.total_steps,
-      'final_loss': _last_epoch_loss(metrics_path, trainer.steps_per_epoch, done),
+      'final_loss': _last_epoch_loss(metrics_path, trainer.steps_per_epoch, done,
+                                     trainer.num_concepts),
       'factor': np.asarray(params['factor']).tolist(),
       'direction_norm': np.linalg.norm(params['direction'], axis=-1).tolist(),
       'residual_rms': _residual_rms(trainer),
@@ -167,9 +195,12 @@ def _summary(trainer, state, metrics_path, done, train_s, setup_s, tokens, start
   }
 
 
-def _export(trainer: Trainer, state, config, summary) -> dict:
+def _export(trainer: Trainer, params, config, summary, write: bool = True) -> dict:
+  """Writes the vectors and control vectors (when `write`); returns where they are."""
   folder = os.path.join(config.workdir, 'vectors')
-  params = jax.device_get(state['steer'])
+  if not write:  # process 0 exports; the others report the same paths
+    return {'vectors': folder,
+            'control_vectors': os.path.join(config.workdir, 'control_vector_concept*.gguf')}
   meta = {
       'model': config.model, 'layer': trainer.layer, 'positions': config.positions,
       'width': trainer.width,

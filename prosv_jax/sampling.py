@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from prosv_jax import parallel
 from prosv_jax.errors import ProsvError
 from prosv_jax.models import transformer
 from prosv_jax.models.config import ModelConfig
@@ -122,7 +123,9 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
 
   steer_mask_fn(lengths [B], width P) -> bool [B, P] chooses the prompt positions to edit in
   prefill (it sees left-padded rows). Prompt widths are rounded up to `pad_to` so that
-  prompts of similar length share one compiled prefill.
+  prompts of similar length share one compiled prefill. With params placed on a mesh
+  (prosv_jax.parallel), rows are split over its 'data' axis (every process passes the same
+  prompts and gets every row back).
   """
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ProsvError('generate needs at least one non-empty prompt')
@@ -137,12 +140,18 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
     steer_mask = (steer_mask_fn(lengths, width) if steer_mask_fn is not None
                   else transformer.positions_from_lengths(lengths, width, left_padded=True)[1])
     steer_mask = jnp.asarray(steer_mask, bool)
+  mesh = parallel.mesh_of(params)
+  if mesh is not None:  # rows over 'data' (the cache follows them); steer params replicated
+    tokens, lengths, steer_mask = (
+        None if x is None else parallel.place(x, parallel.batch_sharding(mesh, x.shape))
+        for x in (tokens, lengths, steer_mask))
+    steer = jax.tree.map(lambda a: parallel.place(a, parallel.replicated(mesh)), steer)
   logits, cache = prefill(params, cfg, tokens, lengths, cache_size=width + sampling.max_new_tokens,
                           steer=steer, steer_mask=steer_mask, steer_layer=steer_layer)
   out, count = decode(params, cfg, cache, logits, lengths, jax.random.key(seed),
                       sampling=sampling, eos_ids=tuple(cfg.eos_ids), pad_id=pad_id, steer=steer,
                       steer_layer=steer_layer, steer_decode=steer_decode)
-  out, count = jax.device_get((out, count))
+  out, count = parallel.to_host((out, count))
   return [list(map(int, row[:c])) for row, c in zip(out, count)]
 
 

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prosv_jax import data, optim, steer
+from prosv_jax import data, optim, parallel, steer
 from prosv_jax.errors import ProsvError
-from prosv_jax.models.load import Model, load_model
+from prosv_jax.models.load import Model
 from prosv_jax.train_step import lower_hidden_jit, reference_logprobs, train_step
 
 LOSSES = ('lang', 'simpo')
@@ -77,7 +77,13 @@ class Trainer:
   def __init__(self, config, model: Model | None = None):
     check_config(config)
     self.config = config
-    self.model = model or load_model(config.model, config.dtype)
+    # None on one device: then nothing below is placed and everything runs as it always has.
+    self.mesh = parallel.mesh_from_config(config)
+    if model is None:
+      model = parallel.load_on_mesh(config.model, config.dtype, self.mesh)
+    elif self.mesh is not None:  # frozen weights: FSDP over 'data', tensor parallel over 'model'
+      model = dataclasses.replace(model, params=parallel.shard_params(model.params, self.mesh))
+    self.model = model
     cfg = self.model.cfg
     self.layer = cfg.check_layer(int(config.layer))
     self.positions = steer.parse_positions(config.positions)
@@ -97,6 +103,7 @@ class Trainer:
     self.lengths = [data.example_lengths(per) for per in self.concepts.examples]
     self.bank = None
     self.ref_logp = None
+    self.state_shardings = None  # of the steering state on the mesh (set on first use)
 
   # ------------------------------------------------------------------ state
 
@@ -106,8 +113,15 @@ class Trainer:
                                    self.config.steer.beta, self.config.steer.direction_scale)
            for cid in self.concepts.ids]
     params = jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
-    return {'steer': params, 'opt': self.optimizer.init(params),
-            'step': jnp.zeros((), jnp.int32)}
+    state = {'steer': params, 'opt': self.optimizer.init(params),
+             'step': jnp.zeros((), jnp.int32)}
+    return state if self.mesh is None else parallel.place_tree(state, self._state_shardings(state))
+
+  def _state_shardings(self, state):
+    if self.state_shardings is None:
+      self.state_shardings = parallel.state_shardings(
+          state, self.mesh, self.num_concepts, bool(self.config.mesh.shard_concepts))
+    return self.state_shardings
 
   # ------------------------------------------------------------------ data
 
@@ -123,7 +137,8 @@ class Trainer:
       offset += len(lengths)
     return rows
 
-  def make_batch(self, rows: list[int]) -> dict:
+  def host_batch(self, rows: list[int]) -> dict:
+    """The numpy batch of global rows `rows` (every process builds the same one)."""
     if self.concepts.losers:  # winners then losers of the same instructions
       n = len(self.flat) // 2
       rows = rows + [r + n for r in rows]
@@ -132,7 +147,11 @@ class Trainer:
     batch['rows'] = np.asarray(rows, np.int32)
     if self.ref_logp is not None:
       batch['ref_logp'] = self.ref_logp[np.asarray(rows)]
-    return {k: jnp.asarray(v) for k, v in batch.items()}
+    return batch
+
+  def make_batch(self, rows: list[int]) -> dict:
+    """host_batch on the devices: rows split over the mesh's 'data' axis when there is one."""
+    return parallel.place_batch(self.host_batch(rows), self.mesh)
 
   @property
   def pad_id(self) -> int:
@@ -140,7 +159,8 @@ class Trainer:
     return 0 if pad is None else int(pad)
 
   def response_width(self, batch) -> int:
-    longest = int(jnp.max(batch['length'] - batch['prompt_len']))
+    """Response slots of a batch: from host_batch, or make_batch on one process."""
+    longest = int(np.max(np.asarray(batch['length']) - np.asarray(batch['prompt_len'])))
     multiple = int(self.config.data.pad_multiple)
     return max(multiple, -(-longest // multiple) * multiple)
 
@@ -155,18 +175,23 @@ class Trainer:
     dtype = self.model.params['embed']['embedding'].dtype
     need = len(self.flat) * width * self.width * jnp.dtype(dtype).itemsize
     if need > self.config.train.cache_budget_gb * 2 ** 30:
-      print(f'block-{self.layer} cache needs {need / 2**30:.2f} GiB > train.cache_budget_gb='
-            f'{self.config.train.cache_budget_gb}; recomputing blocks 0..{self.layer} every step')
+      if parallel.is_main_process():
+        print(f'block-{self.layer} cache needs {need / 2**30:.2f} GiB > train.cache_budget_gb='
+              f'{self.config.train.cache_budget_gb}; recomputing blocks 0..{self.layer} every '
+              f'step')
       return None
     bank = np.zeros((len(self.flat), width, self.width), dtype)
     order = np.argsort(data.example_lengths(self.flat))
     for start in range(0, len(order), self.batch_size):
       rows = order[start:start + self.batch_size]
       b = data.pad_batch([self.flat[r] for r in rows], self.pad_id, multiple)
-      h = lower_hidden_jit(self.model.params, self.model.cfg, self.layer,
-                           jnp.asarray(b['tokens']), jnp.asarray(b['length']))
-      bank[rows, :h.shape[1]] = np.asarray(h)
-    return jnp.asarray(bank)
+      b = parallel.place_batch({k: b[k] for k in ('tokens', 'length')}, self.mesh)
+      h = lower_hidden_jit(self.model.params, self.model.cfg, self.layer, b['tokens'],
+                           b['length'])
+      bank[rows, :h.shape[1]] = parallel.to_host(h)
+    if self.mesh is None:
+      return jnp.asarray(bank)
+    return parallel.place(bank, parallel.batch_sharding(self.mesh, bank.shape))
 
   def compute_reference(self):
     """SimPO reference: summed log-probs of every response under the unsteered model."""
@@ -175,24 +200,31 @@ class Trainer:
       rows = list(range(start, min(start + self.batch_size, len(self.flat))))
       b = data.pad_batch([self.flat[r] for r in rows], self.pad_id,
                          int(self.config.data.pad_multiple))
-      b = {k: jnp.asarray(v) for k, v in b.items()}
-      ref[rows] = np.asarray(reference_logprobs(self.model.params, b, cfg=self.model.cfg,
-                                                layer=self.layer,
-                                                response_width=self.response_width(b)))
+      width = self.response_width(b)
+      ref[rows] = parallel.to_host(reference_logprobs(
+          self.model.params, parallel.place_batch(b, self.mesh), cfg=self.model.cfg,
+          layer=self.layer, response_width=width))
     return ref
 
   def step(self, state, step: int):
     """(new state, metrics, real tokens in the batch) for training step `step`."""
     rows = self.batch_rows(step)
-    batch = self.make_batch(rows)
+    batch = self.host_batch(rows)
     if self.bank is None:
       batch.pop('rows')
     tokens = sum(self.flat[r].length for r in rows)
-    return *train_step(state, self.model.params, batch, self.bank, cfg=self.model.cfg,
-                      layer=self.layer, positions=self.positions,
-                      loss_kind=self.config.train.loss, num_concepts=self.num_concepts,
-                      optimizer=self.optimizer, response_width=self.response_width(batch),
-                      remat=bool(self.config.train.remat)), tokens
+    width = self.response_width(batch)
+    # One jit for every mesh: the placed inputs carry the shardings, the compiler does the rest.
+    state, metrics = train_step(
+        state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank,
+        cfg=self.model.cfg, layer=self.layer, positions=self.positions,
+        loss_kind=self.config.train.loss, num_concepts=self.num_concepts,
+        optimizer=self.optimizer, response_width=width, remat=bool(self.config.train.remat))
+    if self.mesh is not None:
+      # The compiler may lay the new state out otherwise (e.g. directions split over D like
+      # the FSDP weights); putting it back (a few K x D floats) keeps one compiled step.
+      state = parallel.place_tree(state, self._state_shardings(state))
+    return state, metrics, tokens
 
 
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:
@@ -223,3 +255,4 @@ def check_config(config) -> None:
   steer.parse_positions(config.positions)
   if config.steer.direction_scale <= 0:
     raise ProsvError(f'steer.direction_scale={config.steer.direction_scale}; use s > 0')
+  parallel.check_mesh_sizes(config.mesh.data, config.mesh.model)

@@ -38,7 +38,7 @@ def _subset(pairs, per_concept_class, seed=0):
 
 def test_ranks_held_out_positives_above_negatives(judge):
   pairs = calibrate.concept_pairs(str(CONCEPT10))
-  keep = _subset(pairs, 6)
+  keep = _subset(pairs, 4)
   items = [Item('', pairs.reference[i], pairs.response[i]) for i in keep]
   s = judge.scores(items)['concept']
   labels = pairs.label[keep]

@@ -117,9 +117,13 @@ def run_steer_decode(model):
           'decode_tokens_per_s': round(b * NEW_TOKENS.value / t, 1), 'decode_s': round(t, 4)})
 
 
-def bench_table(k: int, folder: str) -> str:
-  """A Concept10 train table with at least k concept ids (extra ids copy existing concepts)."""
-  table = data.read_concept_table(DATA.value)
+def bench_table(k: int, folder: str, source: str = '') -> str:
+  """A train table with at least k concept ids (extra ids copy existing concepts).
+
+  source: an AxBench folder or file, or 'demo' for the packaged demo concepts ('' = --data).
+  """
+  source = source or DATA.value
+  table = data.demo_table()[0] if source == 'demo' else data.read_concept_table(source)
   ids = sorted(i for i in table['concept_id'].unique() if i >= 0)
   parts = [table]
   for extra in range(len(ids), k):

@@ -33,6 +33,10 @@ SWEEPS = {
     'width_small': lambda: sweep.product(
         sweep.models('smollm2', 'gemma3_270m'), sweep.transfer(),
         sweep.axis('optim.factor_lr', (1.0, 10.0))),
+    # Does the best factor LR move with width? Both packaged models, the muP rule on, 4 LRs.
+    'width_lr': lambda: sweep.product(
+        sweep.models('smollm2', 'gemma3_270m'), sweep.transfer('mup'),
+        sweep.axis('optim.factor_lr', (0.1, 1.0, 10.0, 40.0))),
     # The direction's init scale and LR (METHOD.md: s in {1, 8}, direction LR in {0.04, 0.08}).
     'direction': lambda: sweep.grid({'steer.direction_scale': sweep.PAPER_DIRECTION_SCALES,
                                      'optim.direction_lr': sweep.PAPER_DIRECTION_LRS}),

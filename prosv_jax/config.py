@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'  # frozen weights: float32 or bfloat16 (steering params are always fp32)
   c.layer = 10  # steer the output of this block (0-indexed)
   c.positions = 'p2+s2'  # pN, sM, pN+sM, prompt or all (FSSV)
+  c.chat_template = ''  # '' = the tokenizer's own; 'gemma' or Jinja text for a base model
   c.workdir = 'workdirs/prosv'  # config.json, metrics.jsonl, checkpoints/, vectors/, summary.json
 
   c.data = ml_collections.ConfigDict()
@@ -108,6 +109,7 @@ class Variant:
   width: int
   prosv: dict
   fssv: dict
+  chat_template: str = ''  # for base models without one (prosv_jax.chat.TEMPLATES)
 
 
 def _row(beta, factor_lr, direction_scale, direction_lr, epochs, batch_size) -> dict:
@@ -123,7 +125,7 @@ _SMALL_FSSV = _row(**FSSV_GEMMA2_2B_L10, epochs=12, batch_size=12)
 VARIANTS = {
     'smollm2': Variant('smollm2-135m-instruct', 10, 576, _SMALL_PROSV, _SMALL_FSSV),
     # 18 blocks; 9 is the middle, like the paper's L10 of 26 (2b) and L20 of 42 (9b).
-    'gemma3_270m': Variant('gemma3-270m', 9, 640, _SMALL_PROSV, _SMALL_FSSV),
+    'gemma3_270m': Variant('gemma3-270m', 9, 640, _SMALL_PROSV, _SMALL_FSSV, 'gemma'),
     'gemma2_2b': Variant('hf:google/gemma-2-2b-it', 10, 2304,
                          _row(4, 10, 8, 0.04, 12, 12), _row(2, 1, 1, 0.04, 12, 12)),
     'gemma2_9b': Variant('hf:google/gemma-2-9b-it', 20, 3584,
@@ -180,6 +182,7 @@ def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
   row = getattr(v, method)
   c.model = gemma3_270m_gguf() if v.model == 'gemma3-270m' else v.model
   c.layer = v.layer
+  c.chat_template = v.chat_template
   c.steer.beta, c.steer.direction_scale = row['beta'], row['direction_scale']
   c.optim.factor_lr, c.optim.direction_lr = row['factor_lr'], row['direction_lr']
   c.optim.base_width = v.width

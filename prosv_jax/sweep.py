@@ -130,7 +130,7 @@ def paper_grid() -> list[dict]:
 
 
 def models(*variants: str) -> list[dict]:
-  """One point per named variant (prosv_jax.config.VARIANTS): its model and layer only.
+  """One point per named variant (prosv_jax.config.VARIANTS): its model, layer and template.
 
   The hyperparameters stay those of the swept config, stated at its optim.base_width, so a
   sweep over models is a width-transfer study.
@@ -143,7 +143,8 @@ def models(*variants: str) -> list[dict]:
   for name in variants:
     v = VARIANTS[name]
     model = gemma3_270m_gguf() if v.model == 'gemma3-270m' else v.model
-    points.append(labelled(name, {'model': model, 'layer': v.layer}))
+    points.append(labelled(name, {'model': model, 'layer': v.layer,
+                                  'chat_template': v.chat_template}))
   return points
 
 

@@ -86,10 +86,12 @@ def test_paper_grid_and_width_sweep_expand_to_unique_runs(monkeypatch):
   assert len(width) == 20 and len({r.name for r in width}) == 20
   first = width[0]
   assert first.name == 'smollm2_mup_flr1'
-  assert first.overrides == {'model': 'smollm2-135m-instruct', 'layer': 10,
+  assert first.overrides == {'model': 'smollm2-135m-instruct', 'layer': 10, 'chat_template': '',
                              'optim.factor_lr_width_exponent': 0.5,
                              'optim.direction_lr_width_exponent': -0.5, 'optim.factor_lr': 1.0}
   assert {r.overrides['model'] for r in width} >= {'/m/gemma3.gguf', 'hf:google/gemma-2-9b-it'}
+  # The base gemma3-270m carries no chat template: its variant names the Gemma turn format.
+  assert {r.overrides['chat_template'] for r in width if 'gemma3' in r.name} == {'gemma'}
   with pytest.raises(ProsvError, match="unknown sweep 'nope'; this config has: beta_lr"):
     module.get_sweep('nope')
   with pytest.raises(ProsvError, match='both named beta1'):

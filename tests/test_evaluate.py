@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from prosv_jax import sweep
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import scores
 from prosv_jax.eval.config import eval_config
@@ -60,13 +61,7 @@ def config_for(model_path, workdir, **overrides):
   c.generation.max_new_tokens = 6
   c.grid.multipliers = (0.5, 1.0, 2.0)
   c.utility.negatives = 4
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return sweep.apply(c, overrides)
 
 
 def _lines(path):

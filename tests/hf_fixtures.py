@@ -128,11 +128,14 @@ SPECIAL_TOKENS = ('<unk>', '<pad>', '<s>', '</s>', '<|user|>', '<|assistant|>',
 
 
 def save_tiny_tokenizer(
-    path, chat_template: str = CHAT_TEMPLATE
+    path, chat_template: str = CHAT_TEMPLATE, words: tuple = _WORDS
 ) -> transformers.PreTrainedTokenizerFast:
-  """Saves a word-level tokenizer (< 40 ids, so it fits vocab 128) into `path`."""
+  """Saves a word-level tokenizer over SPECIAL_TOKENS + `words` into `path`.
+
+  Keep the vocabulary under the tiny models' 128 ids (the default has < 40).
+  """
   import tokenizers  # pylint: disable=import-outside-toplevel
-  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + _WORDS)}
+  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + tuple(words))}
   tok = tokenizers.Tokenizer(
       tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
-from hf_fixtures import CHAT_TEMPLATE, SPECIAL_TOKENS, save_tiny_hf_model  # noqa: E402
+from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
 from prosv_jax.eval.judge import ASPECTS, Item, Ratings  # noqa: E402
 from prosv_jax.eval.lm_judge import LMJudge  # noqa: E402
@@ -30,28 +30,12 @@ ITEMS = [
 ]
 
 
-def save_digit_tokenizer(path, words=_WORDS, chat_template=CHAT_TEMPLATE):
-  """A word-level tokenizer that knows the digits and the 'Rating: [[' prefix."""
-  import tokenizers
-  import transformers
-  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + tuple(words))}
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok.decoder = tokenizers.decoders.WordPiece()
-  fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token='<unk>', pad_token='<pad>', bos_token='<s>',
-      eos_token='</s>', additional_special_tokens=list(SPECIAL_TOKENS[4:]))
-  fast.chat_template = chat_template
-  fast.save_pretrained(str(path))
-  return fast
-
-
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   folder = tmp_path_factory.mktemp('tiny_judge')
   # A wide init so the random model's digit probabilities are far from uniform.
   path, _ = save_tiny_hf_model(folder, 'llama', num_hidden_layers=2, initializer_range=0.2)
-  save_digit_tokenizer(path)
+  save_tiny_tokenizer(path, words=_WORDS)
   return load_model(path)
 
 
@@ -135,7 +119,7 @@ def test_plain_text_without_chat_template(tiny):
 
 def test_digits_must_be_single_tokens(tiny, tmp_path):
   words = tuple(w for w in _WORDS if w not in ('1', '2'))  # '1' and '2' become <unk>
-  tok = save_digit_tokenizer(tmp_path / 'tok', words=words)
+  tok = save_tiny_tokenizer(tmp_path / 'tok', words=words)
   with pytest.raises(ProsvError, match="does not emit '1' as one token"):
     LMJudge(dataclasses.replace(tiny, tokenizer=tok))
 

@@ -210,30 +210,14 @@ WORDS = tuple(('hello world the a cat dog sat on mat is happy sad big small red 
                'three and . , ! ? A B C D 0 1 2 3 4 5 6 7 8 9 answer').split())
 
 
-def save_letter_tokenizer(path):
-  import tokenizers
-  import transformers
-  from hf_fixtures import CHAT_TEMPLATE, SPECIAL_TOKENS
-  vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + WORDS)}
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok.decoder = tokenizers.decoders.WordPiece()
-  fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token='<unk>', pad_token='<pad>', bos_token='<s>',
-      eos_token='</s>', additional_special_tokens=list(SPECIAL_TOKENS[4:]))
-  fast.chat_template = CHAT_TEMPLATE
-  fast.save_pretrained(str(path))
-  return fast
-
-
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
   pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
-  from hf_fixtures import save_tiny_hf_model
+  from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer
   from prosv_jax.models.load import load_model
   path, _ = save_tiny_hf_model(tmp_path_factory.mktemp('tiny'), 'llama', num_hidden_layers=3,
                                initializer_range=0.1)
-  save_letter_tokenizer(path)
+  save_tiny_tokenizer(path, words=WORDS)
   return load_model(path)
 
 

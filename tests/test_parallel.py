@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from prosv_jax import parallel
+from prosv_jax import parallel, sweep
 from prosv_jax.config import base_config
 from prosv_jax.errors import ProsvError
 from prosv_jax.models import transformer
@@ -40,13 +40,7 @@ def run_config(model_path, workdir, data=1, model=1, **overrides):
   c.train.epochs = 2
   c.train.checkpoint_every = 2
   c.mesh.data, c.mesh.model = data, model
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return sweep.apply(c, overrides)
 
 
 PROMPTS = [[2, 8, 9, 10], [2, 11, 12], [2, 13, 14, 15, 16], [2, 9]]

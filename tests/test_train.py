@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
 from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
-from prosv_jax import train_step  # noqa: E402
+from prosv_jax import sweep, train_step  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
 from prosv_jax.config import base_config  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
@@ -54,13 +54,7 @@ def tiny_config(model_path, workdir, **overrides):
   c.train.batch_size = 4
   c.train.epochs = 2
   c.train.checkpoint_every = 2
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return sweep.apply(c, overrides)
 
 
 def final_params(workdir):

@@ -55,6 +55,8 @@ def main(argv):
       if vectors.width != model.cfg.hidden_size:
         raise ProsvError(f'the vectors have width {vectors.width} but {spec} has width '
                          f'{model.cfg.hidden_size}; use the model they were trained on')
+      from prosv_jax.chat import set_chat_template
+      set_chat_template(model.tokenizer, vectors.chat_template)  # as in training
       k = 0 if CONCEPT.value is None else vectors.index_of(CONCEPT.value)
       desc = vectors.concepts[k].get('description', '') if vectors.concepts else ''
       print(f'steering with concept {k} ({desc}), factor {vectors.factor[k]:.2f}, '

@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from prosv_jax import parallel
+from prosv_jax.chat import set_chat_template
 from prosv_jax.errors import ProsvError
 from prosv_jax.run import held_out_instructions, show_generations, train_and_export
 
@@ -43,6 +44,7 @@ def main(argv):
       vectors = load_vectors(summary['artifacts']['vectors'])
       model = parallel.load_on_mesh(config.model, config.dtype,
                                     parallel.mesh_from_config(config))
+      set_chat_template(model.tokenizer, config.chat_template)
       instructions = held_out_instructions(config, show.num_instructions)
       for k, (cid, desc) in enumerate(zip(summary['concept_ids'], summary['concepts'])):
         say(f'\n=== concept {cid}: {desc} (factor {vectors.factor[k]:.2f}, '

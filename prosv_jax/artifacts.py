@@ -61,6 +61,12 @@ class SteeringVectors:
     return self.config.get('model')
 
   @property
+  def chat_template(self) -> str:
+    """The training run's config.chat_template ('' = the tokenizer's own), so prompts at
+    generation and evaluation are templated as in training."""
+    return (self.config.get('training') or {}).get('chat_template', '') or ''
+
+  @property
   def concepts(self) -> list[dict]:
     return self.config['concepts']
 

@@ -20,3 +20,12 @@ def test_base_model_gets_the_gemma_turn_format(tmp_path):
       '<s><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n')
   chat.set_chat_template(tok, '{{ messages[0]["content"] }}!')  # any Jinja text works too
   assert chat.chat_prompt_text(tok, 'hi') == 'hi!'
+
+
+def test_vectors_carry_their_training_template():
+  import numpy as np
+  from prosv_jax.artifacts import SteeringVectors
+  v = SteeringVectors(np.ones(1, np.float32), np.ones((1, 4), np.float32),
+                      {'training': {'chat_template': 'gemma'}})
+  assert v.chat_template == 'gemma'
+  assert SteeringVectors(v.factor, v.direction, {}).chat_template == ''  # older vector files

@@ -44,7 +44,10 @@ class ScriptedJudge:
 def tiny(tmp_path_factory):
   folder = tmp_path_factory.mktemp('tiny')
   path, _ = save_tiny_hf_model(folder, 'llama', num_hidden_layers=3, initializer_range=0.1)
-  save_tiny_tokenizer(path)
+  # Choice letters and digits too, so the multiple-choice and GSM8K files can be scored.
+  save_tiny_tokenizer(path, words=tuple('hello world the a cat dog sat on mat is happy sad big '
+                                        'small red blue one two three and . , ! ? A B C D 0 1 2 '
+                                        '3 4 5 6 7 8 9'.split()))
   return str(path), load_model(path)
 
 
@@ -72,7 +75,13 @@ def _lines(path):
 def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   path, model = tiny
   judge = ScriptedJudge()
-  config = config_for(path, tmp_path / 'ev')
+  mc, gsm = tmp_path / 'mc.jsonl', tmp_path / 'gsm.jsonl'
+  mc.write_text('\n'.join(json.dumps(q) for q in (
+      {'question': 'the cat sat on the ?', 'choices': ['mat', 'dog'], 'answer': 0},
+      {'question': 'one and one is ?', 'choices': ['one', 'two', 'three'], 'answer': 'B'})))
+  gsm.write_text(json.dumps({'question': 'one and two ?', 'answer': '#### 3'}))
+  config = config_for(path, tmp_path / 'ev', **{'utility.multiple_choice': str(mc),
+                                                 'utility.gsm8k': str(gsm)})
   results = evaluate(config, model, judge)
 
   assert set(results['methods']) == {'unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv'}
@@ -112,6 +121,9 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   assert set(results['robustness']) == set(results['methods'])
   assert results['utility']['unsteered']['loglik_loss'] == pytest.approx(0.0, abs=1e-6)
   assert results['utility']['prosv']['loglik_loss'] != 0.0
+  for method in results['methods']:  # user-given files are scored for every method
+    assert 0 <= results['utility'][method]['multiple_choice'] <= 1
+    assert 0 <= results['utility'][method]['gsm8k'] <= 1
   assert '| PrOSV, trained factor |' in (tmp_path / 'ev' / 'results.md').read_text()
 
   # A rerun regenerates and rejudges nothing and gives the same results.

@@ -8,6 +8,7 @@ robustness under avoid-the-concept instructions, utility; results.json, results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,8 +16,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from prosv_jax import chat, data
 from prosv_jax import config as train_config
-from prosv_jax import data
 from prosv_jax.artifacts import load_vectors
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
@@ -207,6 +208,14 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
       s = utility.Steer(p, s.concept, s.layer, s.positions)
     return s
 
+  def with_prompt(questions, method, cid):
+    """The prompting baseline answers with the concept instruction before each question."""
+    if method != 'prompting':
+      return questions
+    return [dataclasses.replace(q, question=prompts.prompting(q.question, descriptions[cid]))
+            for q in questions]
+
+  plain = None  # unsteered NLL of the rows, the same for every concept
   for method in tqdm(methods, desc='utility', unit='method', dynamic_ncols=True):
     res = {}
     per = [(cid, steer_of(method, cid)) for cid in concepts]
@@ -215,21 +224,21 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
     if need:
       losses = []
       for cid, s in per:
-        r = rows
-        if method == 'prompting':
+        if method == 'prompting':  # the cost of the concept instruction in the prompt
+          if plain is None:
+            plain = utility.loglik_loss(model, rows)['nll_unsteered']
           r = rows.assign(input=[prompts.prompting(x, descriptions[cid]) for x in rows['input']])
-          plain = utility.loglik_loss(model, rows)['nll_unsteered']
           losses.append(utility.loglik_loss(model, r)['nll_unsteered'] - plain)
         else:
-          losses.append(utility.loglik_loss(model, r, s)['loss'])
+          losses.append(utility.loglik_loss(model, rows, s)['loss'])
       res['loglik_loss'] = float(np.mean(losses))
       res['loglik_loss_std'] = float(np.std(losses))
     if mc is not None:
-      res['multiple_choice'] = float(np.mean([
-          utility.multiple_choice_accuracy(model, mc, s)['accuracy'] for cid, s in per]))
+      res['multiple_choice'] = float(np.mean([utility.multiple_choice_accuracy(
+          model, with_prompt(mc, method, cid), s)['accuracy'] for cid, s in per]))
     if gsm is not None:
-      res['gsm8k'] = float(np.mean([
-          utility.gsm8k_accuracy(model, gsm, s)['accuracy'] for cid, s in per]))
+      res['gsm8k'] = float(np.mean([utility.gsm8k_accuracy(
+          model, with_prompt(gsm, method, cid), s)['accuracy'] for cid, s in per]))
     out[method] = res
   return out
 
@@ -251,6 +260,8 @@ def evaluate(config, model=None, judge=None) -> dict:
   model = model or load_model(config.model, config.dtype)
   needed = sorted({'fssv' if m == 'fssv_grid' else m for m in methods} & {'fssv', 'prosv'})
   vectors = {m: vectors_for(m, config, model) for m in needed}
+  for v in vectors.values():  # a base model is prompted with the template it was trained with
+    chat.set_chat_template(model.tokenizer, v.chat_template)
   setup = Setup(model=model, vectors=vectors, descriptions=descriptions,
                 instructions=drawn,
                 samples=int(config.instructions.samples),

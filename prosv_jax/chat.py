@@ -29,8 +29,15 @@ def set_chat_template(tokenizer, template: str) -> None:
 def chat_prompt_text(tokenizer, instruction: str) -> str:
   """The templated user turn with the generation prompt (BOS included if the template has one)."""
   require_chat_template(tokenizer)
-  return tokenizer.apply_chat_template([{'role': 'user', 'content': instruction}],
-                                       add_generation_prompt=True, tokenize=False)
+  try:
+    return tokenizer.apply_chat_template([{'role': 'user', 'content': instruction}],
+                                         add_generation_prompt=True, tokenize=False)
+  except Exception as e:  # jinja2's errors: a broken template from config.chat_template
+    if type(e).__module__.split('.')[0] != 'jinja2':
+      raise
+    raise ProsvError(f'the chat template does not render ({type(e).__name__}: '
+                     f'{" ".join(str(e).split())}); fix --config.chat_template or use one of '
+                     f'{", ".join(TEMPLATES)}') from None
 
 
 def chat_prompt_ids(tokenizer, instruction: str) -> list[int]:

@@ -20,6 +20,9 @@ def test_base_model_gets_the_gemma_turn_format(tmp_path):
       '<s><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n')
   chat.set_chat_template(tok, '{{ messages[0]["content"] }}!')  # any Jinja text works too
   assert chat.chat_prompt_text(tok, 'hi') == 'hi!'
+  chat.set_chat_template(tok, '{% for m in messages %}{{ m.content ')  # broken Jinja
+  with pytest.raises(ProsvError, match='does not render .*fix --config.chat_template'):
+    chat.chat_prompt_text(tok, 'hi')
 
 
 def test_vectors_carry_their_training_template():

@@ -4,7 +4,7 @@
   python launch/train.py --config=configs/demo.py --config.data.concepts=2   # another concept
 """
 
-from prosv_jax.config import base_config
+from prosv_jax.train.config import base_config
 
 
 def get_config():

@@ -16,7 +16,7 @@ Variants (prosv_jax.config.VARIANTS) take the METHOD.md 'all' rows:
 """
 
 from prosv_jax import sweep
-from prosv_jax.config import variant_config
+from prosv_jax.train.config import variant_config
 
 SWEEPS = {
     'beta_lr': sweep.paper_grid,  # the paper's (beta, factor LR) grid, 30 runs

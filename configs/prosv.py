@@ -17,7 +17,7 @@ Sweeps (get_sweep) run with launch/sweep.py:
 """
 
 from prosv_jax import sweep
-from prosv_jax.config import variant_config
+from prosv_jax.train.config import variant_config
 
 SWEEPS = {
     # The paper's (beta, factor LR) grid, 30 runs: the heatmap of launch/plot_study.py.

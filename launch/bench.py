@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosv_jax import data, steer
-from prosv_jax.config import base_config
+from prosv_jax.train.config import base_config
 from prosv_jax.models.load import DEFAULT_MODEL, load_model
 from prosv_jax.sampling import SamplingConfig, decode, prefill
-from prosv_jax.train import Trainer
+from prosv_jax.train.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', 'prod_2b_l10_v1')
@@ -178,9 +178,7 @@ def run_train(model):
         config = train_config(positions, k, source, TRAIN_EXAMPLES.value)
         config.train.remat = k * config.train.batch_size > REMAT_ROWS.value
         trainer = Trainer(config, model)
-        start = time.perf_counter()
-        trainer.bank = trainer.build_bank()
-        bank_s = time.perf_counter() - start
+        bank_s = trainer.prepare()
         secs, tokens = timed_steps(trainer, TRAIN_STEPS.value)
         emit({'case': 'train', 'positions': positions, 'concepts_per_step': k,
               'batch_per_concept': trainer.batch_size, 'model': MODEL.value,
@@ -199,7 +197,7 @@ def run_reference(model):
   batches = [jax.device_get(trainer.make_batch(trainer.batch_rows(s)))
              for s in range(trainer.total_steps)]
   start = time.perf_counter()
-  trainer.bank = trainer.build_bank()
+  trainer.prepare()
   state = trainer.init_state()
   for s in range(trainer.total_steps):
     state, m, _ = trainer.step(state, s)

@@ -51,7 +51,7 @@ import jax
 
 import bench  # launch/bench.py: machine(), bench_table(), train_config() and shared flags
 from prosv_jax import parallel
-from prosv_jax.config import VARIANTS
+from prosv_jax.train.config import VARIANTS
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.config import ModelConfig
 
@@ -286,7 +286,7 @@ def trainer_mesh(mesh):
 
 def run_case(model, k: int, devices, mesh_shape, layer: int, source: str, folder: str) -> dict:
   """One (device count, K) row: the bank, warm-up steps, then steps 0..--steps-1 timed."""
-  from prosv_jax.train import Trainer  # pylint: disable=import-outside-toplevel
+  from prosv_jax.train.trainer import Trainer  # pylint: disable=import-outside-toplevel
   batch = BATCH_SIZE.value
   config = bench.train_config(POSITIONS.value, k, bench.bench_table(k, folder, source),
                               bench.TRAIN_EXAMPLES.value)
@@ -299,10 +299,7 @@ def run_case(model, k: int, devices, mesh_shape, layer: int, source: str, folder
     logging.warning('K=%d x %d rows do not split over mesh.data=%d: the batch is replicated',
                     k, batch, mesh_shape[0])
   trainer = Trainer(config, model)
-  start = time.perf_counter()
-  trainer.bank = trainer.build_bank()
-  jax.block_until_ready(trainer.bank)
-  bank_s = time.perf_counter() - start
+  bank_s = trainer.prepare()
 
   # Bucketed batches come in a few widths and each width compiles once. The first step of
   # every width the timed steps will meet runs beforehand, so the timed loop never compiles.

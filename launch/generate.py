@@ -51,7 +51,7 @@ def main(argv):
       for question, answer in zip(PROMPTS.value, answers):
         print(f'\n> {question}\n{answer.strip()}')
     else:
-      from prosv_jax.run import show_generations
+      from prosv_jax.sampling import show_generations
       if vectors.width != model.cfg.hidden_size:
         raise ProsvError(f'the vectors have width {vectors.width} but {spec} has width '
                          f'{model.cfg.hidden_size}; use the model they were trained on')

@@ -19,7 +19,9 @@ from ml_collections import config_flags
 from prosv_jax import parallel
 from prosv_jax.chat import set_chat_template
 from prosv_jax.errors import ProsvError
-from prosv_jax.run import held_out_instructions, show_generations, train_and_export
+from prosv_jax.eval.instructions import held_out_pool
+from prosv_jax.sampling import show_generations
+from prosv_jax.train.job import train_and_export
 
 CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Training config file.',
                                          lock_config=True)
@@ -45,7 +47,7 @@ def main(argv):
       model = parallel.load_on_mesh(config.model, config.dtype,
                                     parallel.mesh_from_config(config))
       set_chat_template(model.tokenizer, config.chat_template)
-      instructions = held_out_instructions(config, show.num_instructions)
+      instructions = held_out_pool(config.data.source)[:show.num_instructions]
       for k, (cid, desc) in enumerate(zip(summary['concept_ids'], summary['concepts'])):
         say(f'\n=== concept {cid}: {desc} (factor {vectors.factor[k]:.2f}, '
             f'{config.positions} at layer {config.layer}) ===')

@@ -163,3 +163,16 @@ def generate_text(model, instructions: list[str], *, sampling: SamplingConfig = 
   ids = generate_ids(model.params, model.cfg, prompts, sampling=sampling, seed=seed,
                      **steer_kwargs)
   return [model.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+
+
+def show_generations(model, params, concept: int, layer: int, positions: str,
+                     instructions: list[str], max_new_tokens: int, seed: int = 0,
+                     temperature: float = 0.0) -> list[tuple[str, str, str]]:
+  """(instruction, unsteered answer, steered answer) for each instruction."""
+  from prosv_jax import steer  # pylint: disable=import-outside-toplevel
+  sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+  plain = generate_text(model, instructions, sampling=sampling, seed=seed)
+  kwargs = steer.generation_kwargs(params, concept, layer, steer.parse_positions(positions),
+                                   len(instructions))
+  steered = generate_text(model, instructions, sampling=sampling, seed=seed, **kwargs)
+  return list(zip(instructions, plain, steered))

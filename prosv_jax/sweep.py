@@ -135,7 +135,7 @@ def models(*variants: str) -> list[dict]:
   The hyperparameters stay those of the swept config, stated at its optim.base_width, so a
   sweep over models is a width-transfer study.
   """
-  from prosv_jax.config import VARIANTS, gemma3_270m_gguf  # pylint: disable=import-outside-toplevel
+  from prosv_jax.train.config import VARIANTS, gemma3_270m_gguf  # pylint: disable=import-outside-toplevel
   unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
     raise ProsvError(f'unknown variants {unknown}; use some of: {", ".join(VARIANTS)}')
@@ -351,7 +351,7 @@ def run_local(config, runs: list[Run], max_steps: int | None = None,
       'final_loss', 'error'}] in run order.
   """
   # Imported here so that expanding and printing sweeps needs no JAX.
-  from prosv_jax.run import train_and_export  # pylint: disable=import-outside-toplevel
+  from prosv_jax.train.job import train_and_export  # pylint: disable=import-outside-toplevel
   model, model_key = None, None
   results = []
   for i, run in enumerate(runs):

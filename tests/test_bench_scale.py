@@ -63,7 +63,7 @@ def test_bad_settings_fail_before_any_run():
 
 
 def test_random_shapes_are_the_real_models():
-  from prosv_jax.config import VARIANTS
+  from prosv_jax.train.config import VARIANTS
   from prosv_jax.models.config import from_hf_config
   from prosv_jax.models import transformer
   sizes = {'smollm2': 134.5e6, 'gemma3_270m': 268.1e6, 'gemma2_2b': 2.614e9,
@@ -78,11 +78,12 @@ def test_random_shapes_are_the_real_models():
 def test_step_flops_agrees_with_xla_and_skips_weight_gradients():
   """XLA's own count of a compiled step: one block above L, no padding, small attention."""
   transformers = pytest.importorskip('transformers')
-  from prosv_jax import data, optim, steer
-  from prosv_jax.config import base_config
+  from prosv_jax import data, steer
+  from prosv_jax.train import optim
+  from prosv_jax.train.config import base_config
   from prosv_jax.models import transformer
   from prosv_jax.models.config import from_hf_config
-  from prosv_jax.train_step import train_step
+  from prosv_jax.train.step import train_step
   cfg = from_hf_config(transformers.LlamaConfig(
       hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
       num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False))

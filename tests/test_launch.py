@@ -10,8 +10,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from prosv_jax import optim
-from prosv_jax.config import VARIANTS, base_config, method_config
+from prosv_jax.train import optim
+from prosv_jax.train.config import VARIANTS, base_config, method_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An override that needs quoting: a space and a single quote.

@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from prosv_jax import optim
-from prosv_jax.config import base_config
+from prosv_jax.train import optim
+from prosv_jax.train.config import base_config
 from prosv_jax.errors import ProsvError
 
 

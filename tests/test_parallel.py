@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from prosv_jax import parallel, sweep
-from prosv_jax.config import base_config
+from prosv_jax.train.config import base_config
 from prosv_jax.errors import ProsvError
 from prosv_jax.models import transformer
 from prosv_jax.models.config import ModelConfig
@@ -75,8 +75,8 @@ def run_result(workdir, summary) -> dict:
 def _worker_devices(model_path, out_dir):
   """One process, 4 CPU devices: training on several meshes, generation, a bad mesh."""
   from prosv_jax.models.load import load_model
-  from prosv_jax.run import train_and_export
-  from prosv_jax.train import Trainer
+  from prosv_jax.train.job import train_and_export
+  from prosv_jax.train.trainer import Trainer
   assert jax.device_count() == 4, jax.devices()
   out = {'runs': {}}
   runs = {
@@ -126,7 +126,7 @@ def _worker_multihost(model_path, workdir, out_file):
   """One of two processes with 2 CPU devices each; the 2 x 2 mesh spans both."""
   assert parallel.maybe_initialize_distributed()
   assert parallel.maybe_initialize_distributed()  # idempotent
-  from prosv_jax.run import train_and_export
+  from prosv_jax.train.job import train_and_export
   assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
   summary = train_and_export(run_config(model_path, workdir, 2, 2,
                                         **{'mesh.shard_concepts': True}))
@@ -282,7 +282,7 @@ def test_bad_mesh_sizes_name_the_config_keys():
                                (-1, -1, r'both -1; .*--config.mesh.model=1')):
     with pytest.raises(ProsvError, match=message):
       parallel.make_mesh(data, model)
-  from prosv_jax.train import check_config
+  from prosv_jax.train.config import check_config
   config = base_config()
   config.mesh.data = 0
   with pytest.raises(ProsvError, match='mesh.data=0'):
@@ -335,7 +335,7 @@ def test_distributed_initialization_follows_the_launch_environment(monkeypatch):
 
 
 def test_only_process_zero_writes(tmp_path, tiny_model_path, monkeypatch):
-  from prosv_jax.run import train_and_export
+  from prosv_jax.train.job import train_and_export
   monkeypatch.setattr(parallel, 'is_main_process', lambda: False)
   summary = train_and_export(run_config(tiny_model_path, tmp_path / 'w'))
   assert summary['steps'] == STEPS

@@ -13,13 +13,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from prosv_jax import study, sweep
-from prosv_jax.config import base_config
+from prosv_jax.train.config import base_config
 from prosv_jax.errors import ProsvError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = '''
 from prosv_jax import sweep
-from prosv_jax.config import base_config
+from prosv_jax.train.config import base_config
 
 
 def get_config():

@@ -19,13 +19,14 @@ import pytest
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
 from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
-from prosv_jax import sweep, train_step  # noqa: E402
+from prosv_jax import sweep  # noqa: E402
+from prosv_jax.train import step as train_step  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
-from prosv_jax.config import base_config  # noqa: E402
+from prosv_jax.train.config import base_config  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
 from prosv_jax.models.load import load_model  # noqa: E402
-from prosv_jax.run import train_and_export  # noqa: E402
-from prosv_jax.train import Trainer  # noqa: E402
+from prosv_jax.train.job import train_and_export  # noqa: E402
+from prosv_jax.train.trainer import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,11 +5,11 @@ import os
 import pytest
 
 from paths import CONCEPT10
-from prosv_jax import train_step
-from prosv_jax.config import base_config
-from prosv_jax.run import train_and_export
+from prosv_jax.train import step as train_step
+from prosv_jax.train.config import base_config
+from prosv_jax.train.job import train_and_export
 from prosv_jax.artifacts import load_vectors
-from prosv_jax.train import Trainer
+from prosv_jax.train.trainer import Trainer
 
 pytestmark = pytest.mark.real_model
 

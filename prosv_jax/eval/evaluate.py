@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from prosv_jax import chat, data
-from prosv_jax import config as train_config
+from prosv_jax.train import config as train_config
 from prosv_jax.artifacts import load_vectors
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
@@ -88,7 +88,7 @@ def vectors_for(method: str, config, model):
     c.train.epochs = int(config.train.epochs)
     c.workdir = os.path.join(config.workdir, f'train_{method}')
     print(f'training {method} vectors for concepts {list(c.data.concepts)} in {c.workdir}')
-    from prosv_jax.run import train_and_export
+    from prosv_jax.train.job import train_and_export
     summary = train_and_export(c, model)
     folder = summary['artifacts']['vectors']
   vectors = load_vectors(folder)

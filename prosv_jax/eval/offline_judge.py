@@ -27,7 +27,7 @@ from prosv_jax import data
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval.judge import Item, Progress, Ratings
-from prosv_jax.train_step import reference_logprobs
+from prosv_jax.train.step import reference_logprobs
 
 FLUENCY_PROMPT = 'Write a short text.'
 MAX_RESPONSE_TOKENS = 128  # AxBench judges 128 generated tokens

@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from prosv_jax import data, sampling, train_step
+from prosv_jax import data, sampling
+from prosv_jax.train import step as train_step
 from prosv_jax import steer as steering
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prosv_jax import optim, steer
+from prosv_jax import steer
 from prosv_jax.models import transformer
+from prosv_jax.train import optim
 
 
 def lower_hidden(frozen, cfg, layer: int, tokens, length):

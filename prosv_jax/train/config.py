@@ -5,6 +5,7 @@ import os
 
 import ml_collections
 
+from prosv_jax import parallel, steer
 from prosv_jax.errors import ProsvError
 
 PAPER_GEMMA2_2B_L10 = dict(beta=4.0, factor_lr=10.0, direction_scale=8.0, direction_lr=0.04)
@@ -189,3 +190,21 @@ def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
   c.train.epochs, c.train.batch_size = row['epochs'], row['batch_size']
   c.workdir = f'workdirs/{method}_{variant}'
   return c
+
+
+LOSSES = ('lang', 'simpo')
+
+
+def check_config(config) -> None:
+  """Value checks that ml_collections' type checks cannot do; one line each."""
+  if config.train.loss not in LOSSES:
+    raise ProsvError(f'train.loss={config.train.loss!r}; use one of {", ".join(LOSSES)}')
+  for key in ('epochs', 'batch_size'):
+    if int(config.train[key]) < 1:
+      raise ProsvError(f'train.{key}={config.train[key]}; use a positive integer')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise ProsvError(f'dtype={config.dtype!r}; use float32 or bfloat16')
+  steer.parse_positions(config.positions)
+  if config.steer.direction_scale <= 0:
+    raise ProsvError(f'steer.direction_scale={config.steer.direction_scale}; use s > 0')
+  parallel.check_mesh_sizes(config.mesh.data, config.mesh.model)

@@ -17,11 +17,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from prosv_jax import artifacts, data, optim, parallel, steer
+from prosv_jax import artifacts, parallel
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
-from prosv_jax.train import Trainer
-from prosv_jax.train_step import lower_hidden_jit
+from prosv_jax.train import optim
+from prosv_jax.train.step import lower_hidden_jit
+from prosv_jax.train.trainer import Trainer
 
 
 def _checkpoints(workdir: str) -> ocp.CheckpointManager:
@@ -97,11 +98,7 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
   if start and main:
     print(f'resuming from step {start} of {trainer.total_steps} ({manager.directory})')
 
-  t0 = time.time()
-  trainer.bank = trainer.build_bank()
-  if config.train.loss == 'simpo':
-    trainer.ref_logp = trainer.compute_reference()
-  setup_s = time.time() - t0
+  setup_s = trainer.prepare()
 
   every = int(config.train.checkpoint_every)
   stop = trainer.total_steps if max_steps is None else min(max_steps, trainer.total_steps)
@@ -219,24 +216,3 @@ def _export(trainer: Trainer, params, config, summary, write: bool = True) -> di
   except ProsvError as e:  # e.g. llama.cpp cannot steer block 0
     out['control_vectors'] = f'not exported: {e}'
   return out
-
-
-def show_generations(model: Model, params, concept: int, layer: int, positions: str,
-                     instructions: list[str], max_new_tokens: int, seed: int = 0,
-                     temperature: float = 0.0) -> list[tuple[str, str, str]]:
-  """(instruction, unsteered answer, steered answer) for each instruction."""
-  from prosv_jax.sampling import SamplingConfig, generate_text
-  sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-  plain = generate_text(model, instructions, sampling=sampling, seed=seed)
-  kwargs = steer.generation_kwargs(params, concept, layer, steer.parse_positions(positions),
-                                   len(instructions))
-  steered = generate_text(model, instructions, sampling=sampling, seed=seed, **kwargs)
-  return list(zip(instructions, plain, steered))
-
-
-def held_out_instructions(config, n: int) -> list[str]:
-  """Instructions training did not see: the demo's own list, or AxBench's shared negatives."""
-  if config.data.source == 'demo':
-    return list(data.DEMO_EVAL_INSTRUCTIONS[:n])
-  table = data.read_concept_table(config.data.source, split='train')
-  return list(table[table['concept_id'] == -1]['input'].drop_duplicates()[:n])

@@ -1,74 +1,23 @@
-"""Joint training of steering vectors for K concepts at once: data, init, batches, the step.
+"""The Trainer: one job's frozen model, concepts, block-L bank, optimizer and jitted step.
 
-The Trainer owns one job's frozen model, tokenized concepts and optimizer; its batches are a
-pure function of the step, so a checkpoint's step is also its data position. The workdir job
-around it (checkpoints, logs, exports) is prosv_jax.run.train_and_export.
+Its batches are a pure function of the step, so a checkpoint's step is also its data position.
+The job around it (loop, checkpoints, logs, exports) is prosv_jax.train.job.
 """
 
 import dataclasses
 import math
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prosv_jax import chat, data, optim, parallel, steer
-from prosv_jax.errors import ProsvError
+from prosv_jax import chat, data, parallel, steer
 from prosv_jax.models.load import Model
-from prosv_jax.train_step import lower_hidden_jit, reference_logprobs, train_step
-
-LOSSES = ('lang', 'simpo')
-
-
-@dataclasses.dataclass
-class Concepts:
-  """The tokenized training set: one list of examples per concept, all the same length."""
-  ids: list[int]  # AxBench concept ids
-  descriptions: list[str]
-  examples: list[list[data.Example]]
-  losers: list[list[data.Example]] | None = None  # SimPO: neutral response per example
-
-  @property
-  def per_concept(self) -> int:
-    return len(self.examples[0])
-
-
-def concept_seed(seed: int, concept_id: int) -> int:
-  """A concept's own seed, so its init and data order do not depend on the other concepts."""
-  return int(np.random.SeedSequence([seed, concept_id + 1]).generate_state(1)[0])
-
-
-def load_concepts(config, tokenizer) -> Concepts:
-  """Reads, validates and tokenizes the concepts named by config.data before any compute."""
-  dcfg = config.data
-  if dcfg.source == 'demo':
-    table, meta = data.demo_table()
-  else:
-    table = data.read_concept_table(dcfg.source, split='train')
-    meta = data.read_concept_metadata(dcfg.metadata) if dcfg.metadata else {}
-  ids = [int(c) for c in dcfg.concepts]
-  if not ids:
-    raise ProsvError('data.concepts is empty; name at least one concept id, e.g. '
-                     '--config.data.concepts=0,1')
-  rows = data.concept_rows(table, ids)
-  examples = []
-  for k, cid in enumerate(ids):
-    picked = rows[cid]
-    if dcfg.max_examples:
-      picked = picked.iloc[:dcfg.max_examples]
-    examples.append(data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
-                                       dcfg.max_response_tokens))
-  counts = {cid: len(ex) for cid, ex in zip(ids, examples)}
-  if len(set(counts.values())) > 1:
-    raise ProsvError(f'concepts have different example counts {counts}; set '
-                     f'data.max_examples={min(counts.values())} or train them in separate runs')
-  descriptions = []
-  for cid, picked in ((cid, rows[cid]) for cid in ids):
-    desc = meta.get(cid)
-    if desc is None and 'output_concept' in picked.columns:
-      desc = str(picked['output_concept'].iloc[0])
-    descriptions.append(desc or f'concept {cid}')
-  return Concepts(ids, descriptions, examples)
+from prosv_jax.train import optim
+from prosv_jax.train.concepts import concept_seed, load_concepts, neutral_responses
+from prosv_jax.train.config import check_config
+from prosv_jax.train.step import lower_hidden_jit, reference_logprobs, train_step
 
 
 class Trainer:
@@ -102,8 +51,9 @@ class Trainer:
     if self.concepts.losers:
       self.flat += [ex for per in self.concepts.losers for ex in per]
     self.lengths = [data.example_lengths(per) for per in self.concepts.examples]
-    self.bank = None
-    self.ref_logp = None
+    self.bank = None  # [N, W, D] block-L outputs, or None (recomputed each step); prepare()
+    self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
+    self._prepared = False
     self.state_shardings = None  # of the steering state on the mesh (set on first use)
 
   # ------------------------------------------------------------------ state
@@ -167,7 +117,22 @@ class Trainer:
 
   # ------------------------------------------------------------------ block-L bank
 
-  def build_bank(self):
+  def prepare(self) -> float:
+    """Builds what every step reads: the block-L bank and, for SimPO, the reference log-probs.
+
+    Idempotent; returns the seconds it took (0 when already prepared). step() calls it too.
+    """
+    if self._prepared:
+      return 0.0
+    start = time.perf_counter()
+    self.bank = self._build_bank()
+    jax.block_until_ready(self.bank)
+    if self.config.train.loss == 'simpo':
+      self.ref_logp = self._compute_reference()
+    self._prepared = True
+    return time.perf_counter() - start
+
+  def _build_bank(self):
     """Block-L outputs of every example, computed once (None if over the memory budget)."""
     if not self.config.train.cache_hidden:
       return None
@@ -194,7 +159,7 @@ class Trainer:
       return jnp.asarray(bank)
     return parallel.place(bank, parallel.batch_sharding(self.mesh, bank.shape))
 
-  def compute_reference(self):
+  def _compute_reference(self):
     """SimPO reference: summed log-probs of every response under the unsteered model."""
     ref = np.zeros(len(self.flat), np.float32)
     for start in range(0, len(self.flat), self.batch_size):
@@ -209,6 +174,7 @@ class Trainer:
 
   def step(self, state, step: int):
     """(new state, metrics, real tokens in the batch) for training step `step`."""
+    self.prepare()
     rows = self.batch_rows(step)
     batch = self.host_batch(rows)
     if self.bank is None:
@@ -226,34 +192,3 @@ class Trainer:
       # the FSDP weights); putting it back (a few K x D floats) keeps one compiled step.
       state = parallel.place_tree(state, self._state_shardings(state))
     return state, metrics, tokens
-
-
-def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:
-  """SimPO's y_l: the unsteered model's own greedy answer to each training instruction."""
-  from prosv_jax.sampling import SamplingConfig, generate_ids
-  sampling = SamplingConfig(max_new_tokens=int(config.data.max_response_tokens))
-  losers = []
-  for per in concepts.examples:
-    prompts = [list(map(int, e.prompt)) for e in per]
-    new = []
-    for start in range(0, len(prompts), 16):
-      new += generate_ids(model.params, model.cfg, prompts[start:start + 16], sampling=sampling)
-    losers.append([dataclasses.replace(e, response=np.asarray(r or [model.cfg.eos_ids[0]],
-                                                              np.int32))
-                   for e, r in zip(per, new)])
-  return losers
-
-
-def check_config(config) -> None:
-  """Value checks that ml_collections' type checks cannot do; one line each."""
-  if config.train.loss not in LOSSES:
-    raise ProsvError(f'train.loss={config.train.loss!r}; use one of {", ".join(LOSSES)}')
-  for key in ('epochs', 'batch_size'):
-    if int(config.train[key]) < 1:
-      raise ProsvError(f'train.{key}={config.train[key]}; use a positive integer')
-  if config.dtype not in ('float32', 'bfloat16'):
-    raise ProsvError(f'dtype={config.dtype!r}; use float32 or bfloat16')
-  steer.parse_positions(config.positions)
-  if config.steer.direction_scale <= 0:
-    raise ProsvError(f'steer.direction_scale={config.steer.direction_scale}; use s > 0')
-  parallel.check_mesh_sizes(config.mesh.data, config.mesh.model)

@@ -1,0 +1,9 @@
+"""Training steering vectors, one module per role.
+
+  config.py    the config (every key commented), method presets and named variants
+  concepts.py  the concepts of a job: read, validated, tokenized (and SimPO's losers)
+  optim.py     the factor/direction optimizer partitions and the width rule
+  step.py      the jitted step: block-L bank in, losses over response tokens, update out
+  trainer.py   the Trainer: model, concepts, bank, optimizer; batches as a function of the step
+  job.py       the loop in a workdir: checkpoints, resume, metrics, summary, export
+"""

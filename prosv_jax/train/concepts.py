@@ -1,0 +1,80 @@
+"""A training job's concepts: read, validated and tokenized before any compute.
+
+Each concept gets its own seed (its init and data order do not depend on the other concepts
+trained beside it); SimPO's losers are the unsteered model's own greedy answers.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from prosv_jax import data
+from prosv_jax.errors import ProsvError
+from prosv_jax.models.load import Model
+
+
+@dataclasses.dataclass
+class Concepts:
+  """The tokenized training set: one list of examples per concept, all the same length."""
+  ids: list[int]  # AxBench concept ids
+  descriptions: list[str]
+  examples: list[list[data.Example]]
+  losers: list[list[data.Example]] | None = None  # SimPO: neutral response per example
+
+  @property
+  def per_concept(self) -> int:
+    return len(self.examples[0])
+
+
+def concept_seed(seed: int, concept_id: int) -> int:
+  """A concept's own seed, so its init and data order do not depend on the other concepts."""
+  return int(np.random.SeedSequence([seed, concept_id + 1]).generate_state(1)[0])
+
+
+def load_concepts(config, tokenizer) -> Concepts:
+  """Reads, validates and tokenizes the concepts named by config.data before any compute."""
+  dcfg = config.data
+  if dcfg.source == 'demo':
+    table, meta = data.demo_table()
+  else:
+    table = data.read_concept_table(dcfg.source, split='train')
+    meta = data.read_concept_metadata(dcfg.metadata) if dcfg.metadata else {}
+  ids = [int(c) for c in dcfg.concepts]
+  if not ids:
+    raise ProsvError('data.concepts is empty; name at least one concept id, e.g. '
+                     '--config.data.concepts=0,1')
+  rows = data.concept_rows(table, ids)
+  examples = []
+  for k, cid in enumerate(ids):
+    picked = rows[cid]
+    if dcfg.max_examples:
+      picked = picked.iloc[:dcfg.max_examples]
+    examples.append(data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
+                                       dcfg.max_response_tokens))
+  counts = {cid: len(ex) for cid, ex in zip(ids, examples)}
+  if len(set(counts.values())) > 1:
+    raise ProsvError(f'concepts have different example counts {counts}; set '
+                     f'data.max_examples={min(counts.values())} or train them in separate runs')
+  descriptions = []
+  for cid, picked in ((cid, rows[cid]) for cid in ids):
+    desc = meta.get(cid)
+    if desc is None and 'output_concept' in picked.columns:
+      desc = str(picked['output_concept'].iloc[0])
+    descriptions.append(desc or f'concept {cid}')
+  return Concepts(ids, descriptions, examples)
+
+
+def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:
+  """SimPO's y_l: the unsteered model's own greedy answer to each training instruction."""
+  from prosv_jax.sampling import SamplingConfig, generate_ids
+  sampling = SamplingConfig(max_new_tokens=int(config.data.max_response_tokens))
+  losers = []
+  for per in concepts.examples:
+    prompts = [list(map(int, e.prompt)) for e in per]
+    new = []
+    for start in range(0, len(prompts), 16):
+      new += generate_ids(model.params, model.cfg, prompts[start:start + 16], sampling=sampling)
+    losers.append([dataclasses.replace(e, response=np.asarray(r or [model.cfg.eos_ids[0]],
+                                                              np.int32))
+                   for e, r in zip(per, new)])
+  return losers

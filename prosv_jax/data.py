@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from prosv_jax.chat import chat_prompt_ids
-from prosv_jax.errors import ProsvError
+from prosv_jax.errors import ProsvError, one_line
+from prosv_jax.padding import round_up
 
 REQUIRED_COLUMNS = ('input', 'output', 'concept_id')
 SPLIT_FILES = {'train': 'train_data.parquet', 'eval': 'latent_eval_data.parquet'}
@@ -104,7 +105,7 @@ def read_concept_metadata(path: str) -> dict[int, str]:
     with open(path, encoding='utf-8') as f:
       lines = f.readlines()
   except (OSError, UnicodeDecodeError) as err:
-    raise ProsvError(f'cannot read concept metadata {path}: {_one_line(err)}') from None
+    raise ProsvError(f'cannot read concept metadata {path}: {one_line(err)}') from None
   shape = 'each line must be an object like {"concept_id": 0, "concept": "..."}'
   out = {}
   for n, line in enumerate(lines, 1):
@@ -282,7 +283,7 @@ def pad_batch(examples: list[Example], pad_id: int, multiple: int = 16) -> dict[
   if multiple < 1:
     raise ProsvError(f'multiple must be at least 1, got {multiple}')
   lengths = example_lengths(examples)
-  width = _round_up(int(lengths.max()), multiple)
+  width = round_up(int(lengths.max()), multiple)
   tokens = np.full((len(examples), width), pad_id, np.int32)
   for row, ex in enumerate(examples):
     tokens[row, :len(ex.prompt)] = ex.prompt
@@ -306,7 +307,7 @@ def batch_padding_fraction(batches: list[np.ndarray], examples, multiple: int = 
     if len(batch) == 0:
       continue
     rows = lengths[batch]
-    width = _round_up(int(rows.max()), multiple)
+    width = round_up(int(rows.max()), multiple)
     slots += width * len(rows)
     pad += width * len(rows) - int(rows.sum())
   return pad / slots if slots else 0.0
@@ -332,7 +333,7 @@ def _read_local(source: str, split: str) -> pd.DataFrame:
     try:
       return pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
-      raise ProsvError(f'cannot read {path} as parquet: {_one_line(err)}') from None
+      raise ProsvError(f'cannot read {path} as parquet: {one_line(err)}') from None
   try:
     if suffix == '.jsonl':
       return _read_jsonl(path)
@@ -374,7 +375,7 @@ def _read_json(path: str) -> pd.DataFrame:
     try:
       return pd.DataFrame(data)
     except ValueError as err:
-      raise ProsvError(f'{path}: columns do not line up ({_one_line(err)})') from None
+      raise ProsvError(f'{path}: columns do not line up ({one_line(err)})') from None
   raise ProsvError(f'{path}: expected a list of row objects or an object of column lists')
 
 
@@ -386,7 +387,7 @@ def _read_hub(name: str, split: str) -> pd.DataFrame:
     dataset = datasets.load_dataset(name, split=split)
   except Exception as err:  # offline, unknown name, bad split: datasets raises many types
     raise ProsvError(f'cannot load {name!r} (split {split!r}) from the Hugging Face Hub: '
-                     f'{_one_line(err)}; without network access, pass a local .parquet/.jsonl '
+                     f'{one_line(err)}; without network access, pass a local .parquet/.jsonl '
                      'file or a folder holding train_data.parquet') from None
   return dataset.to_pandas()
 
@@ -408,10 +409,3 @@ def _abbreviate(ids: list[int], limit: int = 12) -> str:
   return f'{", ".join(map(str, ids[:limit]))}, ... ({len(ids)} in all, up to {ids[-1]})'
 
 
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
-def _one_line(err: BaseException) -> str:
-  text = ' '.join(str(err).split())
-  return (text[:200] + '...') if len(text) > 200 else text or type(err).__name__

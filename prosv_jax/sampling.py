@@ -17,6 +17,7 @@ from prosv_jax import parallel
 from prosv_jax.errors import ProsvError
 from prosv_jax.models import transformer
 from prosv_jax.models.config import ModelConfig
+from prosv_jax.padding import round_up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +132,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
     raise ProsvError('generate needs at least one non-empty prompt')
   if steer is not None:
     cfg.check_layer(steer_layer)
-  width = -(-max(len(p) for p in prompts) // pad_to) * pad_to
+  width = round_up(max(len(p) for p in prompts), pad_to)
   pad_id = cfg.pad_id if cfg.pad_id is not None else 0
   tokens = jnp.asarray([[pad_id] * (width - len(p)) + list(p) for p in prompts], jnp.int32)
   lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)

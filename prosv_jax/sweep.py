@@ -114,11 +114,6 @@ def grid(spec: dict) -> list[dict]:
   return product(*(axis(key, values) for key, values in spec.items()))
 
 
-def chain(*sweeps) -> list[dict]:
-  """The points of several sweeps one after another."""
-  return [p for s in sweeps for p in s]
-
-
 def small_grid() -> list[dict]:
   """A CPU-sized corner of the paper's grid: beta {1, 4, 16} x factor LR {0.01..40}, 15 points."""
   return grid({'steer.beta': (1.0, 4.0, 16.0), 'optim.factor_lr': (0.01, 0.1, 1.0, 10.0, 40.0)})

@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from prosv_jax.errors import ProsvError
+from prosv_jax.errors import ProsvError, one_line
 from prosv_jax.eval.judge import ASPECTS, Item, Progress, Ratings, parse_rating, rubric_prompt
 
 MAX_BACKOFF_S = 60.0  # cap on one exponential-backoff wait (Retry-After may ask for more)
@@ -260,9 +260,10 @@ class ApiJudge:
       except (OSError, http.client.HTTPException) as e:
         # URLError (refused, DNS), socket timeouts and dropped connections: all transient.
         reason = getattr(e, 'reason', None) or e
-        last = _one_line(f'{type(reason).__name__}: {reason}')
+        last = one_line(f'{type(reason).__name__}: {reason}', _MESSAGE_CHARS)
       except ValueError as e:  # urllib's 'unknown url type' and friends
-        raise ProsvError(f'bad api_judge.base_url {self.base_url!r}: {_one_line(str(e))}') from None
+        raise ProsvError(f'bad api_judge.base_url {self.base_url!r}: '
+                         f'{one_line(str(e), _MESSAGE_CHARS)}') from None
       else:
         reply = self._reply_text(payload)
         if cache:
@@ -281,7 +282,7 @@ class ApiJudge:
     try:
       content = json.loads(payload)['choices'][0]['message']['content']
     except (ValueError, KeyError, IndexError, TypeError):
-      snippet = _one_line(payload.decode('utf-8', 'replace'))
+      snippet = one_line(payload.decode('utf-8', 'replace'), _MESSAGE_CHARS)
       raise ProsvError(f'the API at {self._url} sent no choices[0].message.content '
                        f'({snippet!r}); point api_judge.base_url at an OpenAI-compatible '
                        f'/v1 root') from None
@@ -321,11 +322,6 @@ def parse_retry_after(value: str | None) -> float | None:
   return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
-def _one_line(text: str) -> str:
-  text = ' '.join(str(text).split())
-  return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + '...'
-
-
 def _server_message(error: urllib.error.HTTPError) -> str:
   """The error message of an HTTP error reply: OpenAI's error.message, else the raw body."""
   try:
@@ -337,7 +333,7 @@ def _server_message(error: urllib.error.HTTPError) -> str:
     message = parsed['error']['message'] if isinstance(parsed['error'], dict) else parsed['error']
   except (ValueError, KeyError, TypeError):
     message = raw
-  return _one_line(message or error.reason or 'no message')
+  return one_line(message or error.reason or 'no message', _MESSAGE_CHARS)
 
 
 class _ReplyCache:
@@ -357,7 +353,7 @@ class _ReplyCache:
       self._db.execute('CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, '
                        'model TEXT NOT NULL, prompt TEXT NOT NULL, reply TEXT NOT NULL)')
     except (OSError, sqlite3.Error) as e:
-      raise ProsvError(f'cannot open the judge cache {path}: {_one_line(str(e))}; set '
+      raise ProsvError(f'cannot open the judge cache {path}: {one_line(str(e), _MESSAGE_CHARS)}; set '
                        f'api_judge.cache_path to a writable SQLite file or None') from None
     self._lock = threading.Lock()
 

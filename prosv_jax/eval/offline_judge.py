@@ -28,6 +28,7 @@ from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval.judge import Item, Progress, Ratings
 from prosv_jax.train.step import reference_logprobs
+from prosv_jax.padding import round_up
 
 FLUENCY_PROMPT = 'Write a short text.'
 MAX_RESPONSE_TOKENS = 128  # AxBench judges 128 generated tokens
@@ -123,7 +124,7 @@ def mean_logliks(model, responses: Sequence[str], prompt: str = FLUENCY_PROMPT,
     rows = real[start:start + batch_size]
     examples = [data.Example(prompt_ids, np.asarray(ids[i], np.int32), 0, prompt) for i in rows]
     batch = {k: jnp.asarray(v) for k, v in data.pad_batch(examples, pad_id).items()}
-    width = -(-max(len(ids[i]) for i in rows) // 16) * 16
+    width = round_up(max(len(ids[i]) for i in rows), 16)
     total = np.asarray(reference_logprobs(model.params, batch, cfg=model.cfg, layer=0,
                                           response_width=width))
     for j, i in enumerate(rows):

@@ -44,6 +44,7 @@ from prosv_jax import steer as steering
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 from prosv_jax.models import transformer
+from prosv_jax.padding import round_up
 
 PAD_MULTIPLE = 16  # widths are rounded up to this, so few distinct shapes get compiled
 LETTERS = string.ascii_uppercase
@@ -176,7 +177,7 @@ def loglik_loss(model, rows, steer: Steer | None = None, batch_size: int = 8,
   for index in _length_batches([e.length for e in examples], batch_size):
     chunk = [examples[i] for i in index]
     batch = {k: jnp.asarray(v) for k, v in data.pad_batch(chunk, pad_id, PAD_MULTIPLE).items()}
-    width = data._round_up(max(len(e.response) for e in chunk), PAD_MULTIPLE)
+    width = round_up(max(len(e.response) for e in chunk), PAD_MULTIPLE)
     out = jax.device_get(_response_nll(model.params, batch, params, cfg=model.cfg, layer=layer,
                                        positions=positions, response_width=width))
     real = _real_rows(index)  # repeated rows that fill the last batch do not count
@@ -508,7 +509,7 @@ def _real_rows(index: np.ndarray) -> list[int]:
 
 
 def _right_padded(prompts: list[list[int]], cfg) -> tuple[jax.Array, jax.Array]:
-  width = data._round_up(max(len(p) for p in prompts), PAD_MULTIPLE)
+  width = round_up(max(len(p) for p in prompts), PAD_MULTIPLE)
   pad_id = cfg.pad_id if cfg.pad_id is not None else 0
   tokens = np.full((len(prompts), width), pad_id, np.int32)
   for row, p in enumerate(prompts):

@@ -9,14 +9,13 @@ that the offsets index into.
 
 import json
 import os
-import re
 
 import huggingface_hub
 import ml_dtypes
 import numpy as np
 import transformers
 
-from prosv_jax.errors import ProsvError
+from prosv_jax.errors import ProsvError, one_line
 
 _SINGLE_FILE = 'model.safetensors'
 _INDEX_FILE = 'model.safetensors.index.json'
@@ -142,22 +141,16 @@ def resolve_hub(spec: str) -> str:
     cache_error = e
   if huggingface_hub.constants.HF_HUB_OFFLINE:
     reason = ('not in the local cache and HF_HUB_OFFLINE is set: '
-              f'{_one_line(cache_error)}')
+              f'{one_line(cache_error)}')
   else:
     try:
       # Metadata requests time out after 10 s: an unreachable hub fails fast.
       return huggingface_hub.snapshot_download(
           repo_id, etag_timeout=10, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      reason = _one_line(e)
+      reason = one_line(e)
   raise ProsvError(f'could not fetch {repo_id} from the Hugging Face hub '
                    f'({reason}); {_HUB_FIX}')
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-  """Exception text squeezed onto one short line for an error message."""
-  text = re.sub(r'\s+', ' ', f'{type(e).__name__}: {e}').strip()
-  return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def _read_config(path: str) -> transformers.PretrainedConfig:
@@ -170,7 +163,7 @@ def _read_config(path: str) -> transformers.PretrainedConfig:
     return transformers.AutoConfig.from_pretrained(path)
   except Exception as e:  # pylint: disable=broad-except
     raise ProsvError(
-        f'could not read {config_file} ({_one_line(e)}); fix or re-download '
+        f'could not read {config_file} ({one_line(e)}); fix or re-download '
         'config.json (it must be valid JSON with a model_type this '
         f'transformers {transformers.__version__} knows)') from None
 
@@ -188,7 +181,7 @@ def _weight_files(path: str) -> list[str]:
       shards = sorted(set(weight_map.values()))
     except Exception as e:  # pylint: disable=broad-except
       raise ProsvError(
-          f'corrupt {index} ({_one_line(e)}); re-download the model folder'
+          f'corrupt {index} ({one_line(e)}); re-download the model folder'
       ) from None
     files = []
     for shard in shards:
@@ -230,7 +223,7 @@ def _read_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase | None:
     return transformers.AutoTokenizer.from_pretrained(path)
   except Exception as e:  # pylint: disable=broad-except
     raise ProsvError(
-        f'could not load the tokenizer in {path} ({_one_line(e)}); fix or '
+        f'could not load the tokenizer in {path} ({one_line(e)}); fix or '
         're-download its tokenizer files (tokenizer.json, '
         'tokenizer_config.json, ...)') from None
 
@@ -259,7 +252,7 @@ class _SafetensorsFile:
     except (ValueError, UnicodeDecodeError) as e:
       raise ProsvError(
           f'corrupt safetensors file {file}: bad JSON header '
-          f'({_one_line(e, 80)}); {fix}') from None
+          f'({one_line(e, 80)}); {fix}') from None
     header.pop('__metadata__', None)
     self._base = 8 + header_len
     data_size = size - self._base

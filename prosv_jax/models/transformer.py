@@ -231,6 +231,11 @@ def run_blocks(params: Params, cfg: ModelConfig, h, ctx: AttnContext, start: int
   return jax.lax.scan(body, h, (layers, sliding))[0]
 
 
+def steer_at(h: jax.Array, steer, mask: jax.Array) -> jax.Array:
+  """The steering seam: steer(h) [B, T, D] where mask [B, T] is true, h untouched elsewhere."""
+  return jnp.where(mask[..., None], steer(h).astype(h.dtype), h)
+
+
 def _run_cached(params, cfg, h, ctx, cache, steer, steer_mask, steer_layer):
   """All blocks over a KV cache carried through one scan, so XLA updates it in place.
 
@@ -246,8 +251,7 @@ def _run_cached(params, cfg, h, ctx, cache, steer, steer_mask, steer_layer):
     x, (k_all, v_all) = block.apply({'params': p}, x, ctx, is_sliding, (k_all, v_all, layer),
                                     index)
     if steer is not None:
-      edit = (layer == steer_layer) & steer_mask
-      x = jnp.where(edit[..., None], steer(x).astype(x.dtype), x)
+      x = steer_at(x, steer, (layer == steer_layer) & steer_mask)
     return (x, k_all, v_all), None
 
   xs = (params['layers'], jnp.asarray(cfg.sliding_layers), jnp.arange(cfg.num_layers))
@@ -297,7 +301,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.
     h = run_blocks(params, cfg, h, ctx, 0, cfg.num_layers)
   else:  # split at the seam, so gradients w.r.t. steer never enter blocks 0..L
     h = run_blocks(params, cfg, h, ctx, 0, steer_layer + 1)
-    h = jnp.where(steer_mask[..., None], steer(h).astype(h.dtype), h)
+    h = steer_at(h, steer, steer_mask)
     h = run_blocks(params, cfg, h, ctx, steer_layer + 1, cfg.num_layers)
   logits = head(params, cfg, h) if compute_logits else None
   return Output(logits, new_cache, h)

@@ -42,8 +42,7 @@ def response_logprobs(frozen, cfg, layer: int, positions: steer.Positions, steer
     h_low = lower_hidden(frozen, cfg, layer, tokens, batch['length'])
   if steer_params is not None:
     mask = steer.position_mask(positions, batch['prompt_len'], batch['length'], t)
-    edited = steer.apply_steer(steer_params, batch['concept'], h_low)
-    h_low = jnp.where(mask[..., None], edited, h_low)
+    h_low = transformer.steer_at(h_low, steer.steer_fn(steer_params, batch['concept']), mask)
   h = transformer.run_blocks(frozen, cfg, h_low, ctx, layer + 1, cfg.num_layers, remat)
   # Position i predicts token i + 1; response tokens sit at prompt_len .. length - 1.
   src = batch['prompt_len'][:, None] - 1 + jnp.arange(response_width)[None, :]

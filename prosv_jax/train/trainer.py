@@ -18,6 +18,7 @@ from prosv_jax.train import optim
 from prosv_jax.train.concepts import concept_seed, load_concepts, neutral_responses
 from prosv_jax.train.config import check_config
 from prosv_jax.train.step import lower_hidden_jit, reference_logprobs, train_step
+from prosv_jax.padding import round_up
 
 
 class Trainer:
@@ -113,7 +114,7 @@ class Trainer:
     """Response slots of a batch: from host_batch, or make_batch on one process."""
     longest = int(np.max(np.asarray(batch['length']) - np.asarray(batch['prompt_len'])))
     multiple = int(self.config.data.pad_multiple)
-    return max(multiple, -(-longest // multiple) * multiple)
+    return max(multiple, round_up(longest, multiple))
 
   # ------------------------------------------------------------------ block-L bank
 
@@ -137,7 +138,7 @@ class Trainer:
     if not self.config.train.cache_hidden:
       return None
     multiple = int(self.config.data.pad_multiple)
-    width = -(-max(e.length for e in self.flat) // multiple) * multiple
+    width = round_up(max(e.length for e in self.flat), multiple)
     dtype = self.model.params['embed']['embedding'].dtype
     need = len(self.flat) * width * self.width * jnp.dtype(dtype).itemsize
     if need > self.config.train.cache_budget_gb * 2 ** 30:

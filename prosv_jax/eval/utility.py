@@ -42,7 +42,7 @@ from prosv_jax import data, sampling
 from prosv_jax.train import step as train_step
 from prosv_jax import steer as steering
 from prosv_jax.chat import chat_prompt_ids
-from prosv_jax.errors import ProsvError
+from prosv_jax.errors import ProsvError, one_line
 from prosv_jax.models import transformer
 from prosv_jax.padding import round_up
 
@@ -539,7 +539,7 @@ def _read_table(path: str, columns: tuple[str, ...], needs: str) -> pd.DataFrame
   except UnicodeDecodeError:
     raise ProsvError(f'{path} is not UTF-8 text; save it as UTF-8') from None
   except Exception as err:  # pyarrow and the csv parser raise many types for a damaged file
-    raise ProsvError(f'cannot read {path}: {data._one_line(err)}; check the file is valid '
+    raise ProsvError(f'cannot read {path}: {one_line(err)}; check the file is valid '
                      f'{suffix[1:]}') from None
   if df.empty:
     raise ProsvError(f'{path} has no rows; each row needs {needs}')

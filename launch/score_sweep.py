@@ -29,6 +29,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from prosv_jax import study, sweep
+  from prosv_jax.train.workdir import CONFIG_FILE, VECTORS_DIR
   from prosv_jax.eval.evaluate import evaluate, make_judge
   from prosv_jax.models.load import load_model
   base = CONFIG.value
@@ -42,14 +43,14 @@ def main(argv):
       if os.path.exists(os.path.join(folder, 'eval', 'results.json')):
         done += 1
         continue
-      with open(os.path.join(folder, 'config.json')) as f:
+      with open(os.path.join(folder, CONFIG_FILE)) as f:
         run = json.load(f)
       method = 'fssv' if run['positions'] == 'all' else 'prosv'
       config = base.copy_and_resolve_references()
       config.unlock()
       config.model, config.dtype, config.layer = run['model'], run['dtype'], run['layer']
       config.methods = method
-      config.vectors[method] = os.path.join(folder, 'vectors')
+      config.vectors[method] = os.path.join(folder, VECTORS_DIR)
       config.data.source, config.data.metadata = run['data']['source'], run['data']['metadata']
       config.data.concepts = tuple(run['data']['concepts'])
       config.workdir = os.path.join(folder, 'eval')

@@ -16,6 +16,7 @@ import math
 import os
 
 from prosv_jax import sweep
+from prosv_jax.train.workdir import CONFIG_FILE, SUMMARY_FILE
 
 # Config keys every row carries, swept or not: what the plots group and label by.
 STUDY_KEYS = ('model', 'layer', 'positions', 'steer.beta', 'steer.direction_scale',
@@ -87,7 +88,7 @@ def _scores(folder: str, positions: str | None) -> dict:
 def _run_folders(root: str):
   """Folders under root that hold a run (config.json, summary.json or failed.json)."""
   for folder, dirs, files in os.walk(root):
-    if {'config.json', sweep.SUMMARY, sweep.FAILED} & set(files):
+    if {CONFIG_FILE, SUMMARY_FILE, sweep.FAILED} & set(files):
       dirs[:] = []  # checkpoints/, vectors/ and eval/ belong to the run
       yield folder
     else:
@@ -96,8 +97,8 @@ def _run_folders(root: str):
 
 def run_row(folder: str, name: str, overrides: dict | None = None) -> dict:
   """One run's row (see the module docstring); overrides name the keys the sweep set."""
-  config = flatten(_read_json(os.path.join(folder, 'config.json')) or {})
-  summary = _read_json(os.path.join(folder, sweep.SUMMARY))
+  config = flatten(_read_json(os.path.join(folder, CONFIG_FILE)) or {})
+  summary = _read_json(os.path.join(folder, SUMMARY_FILE))
   failed = _read_json(os.path.join(folder, sweep.FAILED))
   overrides = overrides or (failed or {}).get('overrides') or {}
   row = {'run': name}

@@ -22,6 +22,7 @@ import os
 import re
 
 from prosv_jax.errors import ProsvError
+from prosv_jax.train.workdir import SUMMARY_FILE
 
 NAME = '_name'  # a point's name fragments; not a config key
 # Short names of the keys studies sweep, for run names like beta4_flr10.
@@ -48,7 +49,6 @@ PAPER_DIRECTION_SCALES = (1.0, 8.0)
 PAPER_DIRECTION_LRS = (0.04, 0.08)
 # The muP rule of prosv_jax.optim.scaled_lrs, on and off.
 TRANSFER = {'mup': (0.5, -0.5), 'fixed': (0.0, 0.0)}
-SUMMARY = 'summary.json'
 FAILED = 'failed.json'
 MANIFEST = 'sweep.json'
 
@@ -223,7 +223,7 @@ def config_flags_of(overrides: dict) -> list[str]:
 
 def read_summary(workdir: str) -> dict | None:
   """The run's summary.json, or None when it has none (yet) or it cannot be read."""
-  path = os.path.join(workdir, SUMMARY)
+  path = os.path.join(workdir, SUMMARY_FILE)
   try:
     with open(path) as f:
       return json.load(f)

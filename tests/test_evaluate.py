@@ -12,9 +12,10 @@ from prosv_jax import sweep
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import scores
 from prosv_jax.eval.config import eval_config
-from prosv_jax.eval.evaluate import evaluate
+from prosv_jax.eval.evaluate import evaluate, sampling_config
 from prosv_jax.eval.judge import Ratings
 from prosv_jax.models.load import load_model
+from prosv_jax.sampling import SamplingConfig
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 pytest.importorskip('matplotlib')
@@ -152,9 +153,17 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
     ({'grid.multipliers': (0.0, 1.0)}, 'grid.multipliers'),
     ({'data.concepts': (0, 99)}, '99'),
     ({'instructions.alpaca_eval': '/nonexistent.json'}, 'AlpacaEval'),
+    ({'generation.top_k': -1}, 'generation.top_k'),
+    ({'generation.top_p': 0.0}, 'generation.top_p'),
 ])
 def test_bad_eval_configs_fail_before_generation(tmp_path, tiny, overrides, match):
   path, model = tiny
   with pytest.raises(ProsvError, match=match):
     evaluate(config_for(path, tmp_path / 'bad', **overrides), model, ScriptedJudge())
   assert not os.path.exists(tmp_path / 'bad' / 'generations.jsonl')
+
+
+def test_sampling_defaults_are_the_papers():
+  """The paper's generate() calls ran with HF's sampling defaults: T 1, top-k 50, top-p 1."""
+  assert sampling_config(eval_config()) == SamplingConfig(max_new_tokens=128, temperature=1.0,
+                                                          top_k=50, top_p=1.0)

@@ -36,7 +36,10 @@ def eval_config() -> ml_collections.ConfigDict:
 
   c.generation = ml_collections.ConfigDict()
   c.generation.max_new_tokens = 128
+  # As the paper's generate() calls ran (HF defaults there): temperature 1, top-k 50, top-p 1.
   c.generation.temperature = 1.0
+  c.generation.top_k = 50  # 0 = no top-k cut
+  c.generation.top_p = 1.0  # 1 = no nucleus cut
   c.generation.batch_size = 32
   c.generation.seed = 0
 

@@ -57,8 +57,17 @@ def check_config(config) -> None:
                        'multiples of the trained factor, e.g. 0.5,1,2')
   if not config.data.concepts:
     raise ProsvError('data.concepts is empty; pass the AxBench concept ids to evaluate')
-  SamplingConfig(max_new_tokens=int(config.generation.max_new_tokens),
-                 temperature=float(config.generation.temperature))
+  sampling_config(config)
+
+
+def sampling_config(config) -> SamplingConfig:
+  """The generation.* sampling keys; SamplingConfig names the fix for a bad value."""
+  g = config.generation
+  try:
+    return SamplingConfig(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature),
+                          top_k=int(g.top_k), top_p=float(g.top_p))
+  except ProsvError as e:  # its message starts with the field name: point at the config key
+    raise ProsvError(f'generation.{e}') from None
 
 
 def concept_descriptions(config) -> dict[int, str]:
@@ -265,8 +274,7 @@ def evaluate(config, model=None, judge=None) -> dict:
   setup = Setup(model=model, vectors=vectors, descriptions=descriptions,
                 instructions=drawn,
                 samples=int(config.instructions.samples),
-                sampling=SamplingConfig(max_new_tokens=int(config.generation.max_new_tokens),
-                                        temperature=float(config.generation.temperature)),
+                sampling=sampling_config(config),
                 batch_size=int(config.generation.batch_size), seed=int(config.generation.seed))
   judge = judge or make_judge(config, model)
   gens = Store(os.path.join(config.workdir, 'generations.jsonl'))

@@ -81,7 +81,7 @@ class Setup:
   descriptions: dict[int, str]  # concept_id -> description
   instructions: dict[int, list[str]]  # concept_id -> held-out instructions
   samples: int = 1  # generations per instruction
-  sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=1.0)
+  sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=1.0, top_k=50)
   batch_size: int = 32
   seed: int = 0
 

@@ -19,7 +19,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.data.metadata = ''  # metadata.jsonl with concept descriptions ('' = from the data)
   c.data.concepts = (0,)  # AxBench concept ids to evaluate
 
-  c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv
+  c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid
 
   c.vectors = ml_collections.ConfigDict()
   c.vectors.prosv = ''  # folder of trained PrOSV vectors ('' = train them into workdir/train_prosv)
@@ -44,7 +44,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.generation.seed = 0
 
   c.grid = ml_collections.ConfigDict()
-  c.grid.multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)  # FSSV factor = this x trained factor
+  c.grid.multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)  # grid factor = this x trained factor
 
   c.judge = ml_collections.ConfigDict()
   c.judge.kind = 'offline'  # offline | api | lm
@@ -58,6 +58,15 @@ def eval_config() -> ml_collections.ConfigDict:
   c.judge.api.cache_path = ''  # '' = workdir/judge_cache.sqlite
   c.judge.lm = ml_collections.ConfigDict()
   c.judge.lm.model = ''  # any model spec prosv_jax loads ('' = c.model)
+  # Also rate the first and the second half of each reported response's tokens (does the
+  # edit fade?): twice more judge calls on the reported generations.
+  c.judge.halves = True
+
+  # Paired bootstrap intervals (scores.paired_bootstrap): concepts, then instructions.
+  c.bootstrap = ml_collections.ConfigDict()
+  c.bootstrap.draws = 2000
+  c.bootstrap.seed = 0
+  c.bootstrap.level = 0.95
 
   c.robustness = True  # also generate with instructions that ask to avoid the concept
 

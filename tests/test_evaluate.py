@@ -207,3 +207,22 @@ def test_sampling_defaults_are_the_papers():
   """The paper's generate() calls ran with HF's sampling defaults: T 1, top-k 50, top-p 1."""
   assert sampling_config(eval_config()) == SamplingConfig(max_new_tokens=128, temperature=1.0,
                                                           top_k=50, top_p=1.0)
+
+
+def test_concept10_preset():
+  """configs/eval.py:concept10 is the documented run; its values pass the config checks."""
+  import importlib.util
+  from paths import REPO
+  from prosv_jax.eval.evaluate import check_config
+  spec = importlib.util.spec_from_file_location('eval_cfg', REPO / 'configs' / 'eval.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('concept10')
+  assert c.data.concepts == tuple(range(10)) and c.data.source.endswith('prod_2b_l10_v1')
+  assert (c.instructions.count, c.instructions.samples) == (20, 2)
+  assert c.methods.split(',') == ['unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv',
+                                  'prosv_grid']
+  check_config(c)
+  assert module.get_config().data.concepts == (0,)
+  with pytest.raises(ProsvError, match='configs/eval.py:concept10'):
+    module.get_config('concept100')

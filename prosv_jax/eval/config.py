@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from prosv_jax.errors import ProsvError
 from prosv_jax.eval.steering import METHODS
 
 CONCEPT10_2B_L10 = '../shared/data/axbench/concept10/prod_2b_l10_v1'
@@ -76,4 +77,30 @@ def eval_config() -> ml_collections.ConfigDict:
   c.utility.multiple_choice = ''  # tinyMMLU-style file (question, choices, answer)
   c.utility.gsm8k = ''  # GSM8K-style file (question, answer)
   c.utility.max_questions = 0  # cap per file (0 = all)
+  return c
+
+
+def concept10(c: ml_collections.ConfigDict) -> None:
+  """The documented comparison: all 10 concepts of Concept10 2b_l10, 20 held-out instructions
+  per concept, 2 generations each, every method with both factor grids."""
+  c.data.source = CONCEPT10_2B_L10
+  c.data.metadata = CONCEPT10_2B_L10 + '/metadata.jsonl'
+  c.data.concepts = tuple(range(10))
+  c.instructions.count = 20
+  c.instructions.samples = 2
+  c.methods = 'unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid'
+  c.workdir = 'workdirs/eval_concept10'
+
+
+PRESETS = {'concept10': concept10}
+
+
+def preset_config(name: str = '') -> ml_collections.ConfigDict:
+  """eval_config() with a preset applied ('' = none); configs/eval.py:NAME selects one."""
+  c = eval_config()
+  if name:
+    if name not in PRESETS:
+      raise ProsvError(f'unknown eval preset {name!r}; use configs/eval.py:'
+                       f'{" or :".join(PRESETS)}, or no suffix for the defaults')
+    PRESETS[name](c)
   return c

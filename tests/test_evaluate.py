@@ -226,3 +226,17 @@ def test_concept10_preset():
   assert module.get_config().data.concepts == (0,)
   with pytest.raises(ProsvError, match='configs/eval.py:concept10'):
     module.get_config('concept100')
+
+
+def test_response_halves_split_at_the_token_midpoint(tiny):
+  _, model = tiny
+  tok = model.tokenizer
+  text = tok.decode(tok.encode('the cat sat on the mat', add_special_tokens=False))
+  first, second = (response_part(tok, text, p) for p in ('first', 'second'))
+  n = len(tok.encode(text, add_special_tokens=False))
+  assert len(tok.encode(first, add_special_tokens=False)) == n // 2
+  assert len(tok.encode(second, add_special_tokens=False)) == n - n // 2
+  assert response_part(tok, text, 'whole') == text
+  assert response_part(tok, '', 'first') == response_part(tok, '', 'second') == ''
+  with pytest.raises(ValueError, match='part'):
+    response_part(tok, text, 'middle')

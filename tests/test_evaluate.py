@@ -150,7 +150,10 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   for method, r in results['methods'].items():
     low, high = r['mean']['harmonic_ci']
     assert low <= r['mean']['harmonic'] <= high
-    assert 'response_halves' in r and ('vs_prosv' in r) == (method != 'prosv')
+    assert ('vs_prosv' in r) == (method != 'prosv')
+    h = r['response_halves']  # the concept score's change from the first to the second half
+    assert h['concept_change']['diff'] == pytest.approx(h['second']['concept']
+                                                        - h['first']['concept'])
   assert results['methods']['fssv']['vs_prosv']['diff'] == pytest.approx(
       results['methods']['fssv']['mean']['harmonic']
       - results['methods']['prosv']['mean']['harmonic'])
@@ -164,7 +167,7 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
     assert 0 <= results['utility'][method]['multiple_choice'] <= 1
     assert 0 <= results['utility'][method]['gsm8k'] <= 1
   table = (tmp_path / 'ev' / 'results.md').read_text()
-  assert '| PrOSV, trained factor |' in table and 'Factor grid (PrOSV' in table
+  assert '| PrOSV, trained factor |' in table and 'Factor grid, PrOSV' in table
   assert 'Response halves' in table
 
   # A rerun regenerates and rejudges nothing and gives the same results.

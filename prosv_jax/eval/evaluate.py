@@ -173,11 +173,26 @@ def _reported_indices(method, count):
   return scores.split_halves(count)[1] if method in GRIDS else list(range(count))
 
 
-def _units(judge, setup, ratings, method, cid, selected, attack, indices):
-  """Harmonic means [instructions, samples] of one method on one concept."""
+def _units(judge, setup, ratings, method, cid, selected, attack, indices, part='whole',
+           aspect='harmonic'):
+  """One score (`aspect` of `part` of the responses) [instructions, samples] of one method on
+  one concept."""
   rated = group_ratings(judge, setup, ratings, _reported_group(method, cid, selected, attack),
-                        indices)
-  return np.array([r.harmonic for r in rated]).reshape(len(indices), setup.samples)
+                        indices, part)
+  return np.array([getattr(r, aspect) for r in rated]).reshape(len(indices), setup.samples)
+
+
+def _concept_change(judge, setup, ratings, method, concepts, selected, attack, stats):
+  """The concept score of the responses' second half minus their first half, with its paired
+  bootstrap interval: below 0 when the edit fades as the response goes on."""
+  units = []
+  for cid in concepts:
+    indices = _reported_indices(method, len(setup.instructions[cid]))
+    units.append(np.stack([_units(judge, setup, ratings, method, cid, selected, attack, indices,
+                                  part, 'concept') for part in ('first', 'second')]))
+  boot = scores.paired_bootstrap(units, ['first', 'second'], 'first', int(stats.draws),
+                                 int(stats.seed), float(stats.level))['second']
+  return dict(diff=boot['diff'], ci=boot['diff_ci'])
 
 
 def _intervals(judge, setup, ratings, methods, concepts, selected, attack, stats, second):
@@ -237,6 +252,7 @@ def _method_scores(judge, setup, ratings, methods, concepts, selected, attack, s
     if halves:
       res['response_halves'] = {part: scores.over_concepts(_summaries(*args, part, False))
                                 for part in ('first', 'second')}
+      res['response_halves']['concept_change'] = _concept_change(*args, stats)
     out[method] = res
   return out
 

@@ -16,6 +16,7 @@ LABELS = {
     'prosv_grid': 'PrOSV, factor grid (selected)',
 }
 GRID_VECTORS = {'fssv_grid': 'fssv', 'prosv_grid': 'prosv'}
+GRID_NAMES = {'fssv_grid': 'FSSV', 'prosv_grid': 'PrOSV'}
 
 
 def _cell(stats: dict, key: str) -> str:
@@ -62,13 +63,14 @@ def _halves_table(results: dict) -> list[str]:
     return []
   lines = ['', '**Response halves** (each response split at its token midpoint, both halves '
            'rated by the same judge; does the edit fade?):', '',
-           '| method | concept: whole / 1st half / 2nd half | harmonic: whole / 1st / 2nd |',
-           '|---|---|---|']
+           '| method | concept: whole / 1st half / 2nd half | concept, 2nd − 1st half [95% CI] '
+           '| harmonic: whole / 1st / 2nd |', '|---|---|---|---|']
   for method, r in rows:
     h = r['response_halves']
     parts = (r['mean'], h['first'], h['second'])
     lines.append(f'| {LABELS.get(method, method)} | '
                  + ' / '.join(f'{p["concept"]:.3f}' for p in parts) + ' | '
+                 + _diff(h.get('concept_change')) + ' | '
                  + ' / '.join(f'{p["harmonic"]:.3f}' for p in parts) + ' |')
   return lines
 
@@ -78,13 +80,15 @@ def _grid_tables(results: dict) -> list[str]:
   for method, g in (results.get('grid') or {}).items():
     kind = GRID_VECTORS.get(method, method)
     gain = g.get('gain_over_trained')
-    lines += ['', f'**Factor grid ({LABELS.get(method, method)})**: multiplier of the trained '
+    name = GRID_NAMES.get(method, method)
+    lines += ['', f'**Factor grid, {name}**: multiplier of the trained '
               f'factor selected per concept on the first half. The trained factor (1x) was '
               f'picked for {g["trained_selected"]} of {g["concepts"]} concepts and was the best '
               f'on the reported half for {g["trained_best_on_report"]}'
               + (f'; the pick minus 1x on the reported half: {gain:+.3f}' if gain is not None
                  else '') + '.', '',
-              '| concept | selected multiplier | trained factor | 1x picked | 1x best on 2nd half |',
+              '| concept | selected multiplier | trained factor | 1x picked '
+              '| 1x best on 2nd half |',
               '|---|---|---|---|---|']
     for cid, c in g['per_concept'].items():
       factor = results['vectors'][kind]['factor'][cid]

@@ -198,6 +198,8 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
     ({'instructions.alpaca_eval': '/nonexistent.json'}, 'AlpacaEval'),
     ({'generation.top_k': -1}, 'generation.top_k'),
     ({'generation.top_p': 0.0}, 'generation.top_p'),
+    ({'bootstrap.draws': 10}, 'bootstrap.draws'),
+    ({'methods': 'prosv_grid', 'instructions.count': 1}, 'prosv_grid selects'),
 ])
 def test_bad_eval_configs_fail_before_generation(tmp_path, tiny, overrides, match):
   path, model = tiny

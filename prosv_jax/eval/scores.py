@@ -1,5 +1,6 @@
 """AxBench score arithmetic: per-generation harmonic mean, concept and method aggregates,
-and factor-grid selection (pick on the first half of the instructions, report the second).
+factor-grid selection (pick on the first half of the instructions, report the second), and
+paired bootstrap intervals of the means and of differences between methods.
 """
 
 from __future__ import annotations

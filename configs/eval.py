@@ -8,12 +8,20 @@
       --config.vectors.fssv=workdirs/c10/fssv/vectors --config.workdir=workdirs/eval_c10
 
 Leave vectors.* empty to train them first (paper presets, train.epochs epochs).
+
+Presets (prosv_jax.eval.config.PRESETS):
+
+  # All 10 Concept10 2b_l10 concepts, 20 instructions x 2 samples, unsteered, prompting, fssv,
+  # fssv_grid, prosv, prosv_grid (hours on a CPU; see the cost note in the report):
+  python launch/evaluate.py --config=configs/eval.py:concept10 \
+      --config.vectors.prosv=workdirs/c10/prosv/vectors \
+      --config.vectors.fssv=workdirs/c10/fssv/vectors
 """
 
-from prosv_jax.eval.config import eval_config
+from prosv_jax.eval.config import preset_config
 
 
-def get_config():
-  config = eval_config()
+def get_config(preset: str = ''):
+  config = preset_config(preset)
   config.lock()
   return config

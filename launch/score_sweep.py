@@ -56,6 +56,7 @@ def main(argv):
       config.workdir = os.path.join(folder, 'eval')
       config.robustness = False
       config.utility.negatives = 0
+      config.judge.halves = False  # a sweep compares whole-response scores only
       config.lock()
       key = (config.model, config.dtype)
       if key not in loaded:

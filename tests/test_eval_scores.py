@@ -167,3 +167,50 @@ def test_prompt_rewrites():
   rewrites = {instructions.avoid('Explain rain.', 'whales', i) for i in range(6)}
   assert len(rewrites) == len(instructions.AVOID_TEMPLATES)
   assert all('Explain rain.' in r and 'whales' in r for r in rewrites)
+
+
+def _units(rng, concepts=4, instructions=6, samples=2):
+  """Per concept [1 method, instructions, samples] of harmonic-like scores in [0, 2]."""
+  return [rng.choice([0.0, 0.75, 1.2, 2.0], size=(1, instructions, samples))
+          for _ in range(concepts)]
+
+
+def test_bootstrap_point_estimates_are_the_axbench_means():
+  rng = np.random.default_rng(0)
+  units = [np.concatenate([u, u[::-1] * 0.5]) for u in _units(rng)]
+  out = scores.paired_bootstrap(units, ['a', 'b'], reference='a', draws=200)
+  per_concept = [u[1].mean() for u in units]  # per concept, then over concepts
+  assert out['b']['mean'] == pytest.approx(np.mean(per_concept))
+  assert out['b']['ci'][0] <= out['b']['mean'] <= out['b']['ci'][1]
+  assert 'diff' not in out['a']
+  assert out['b']['diff'] == pytest.approx(out['b']['mean'] - out['a']['mean'])
+
+
+def test_bootstrap_identical_methods_and_constant_shift():
+  rng = np.random.default_rng(1)
+  base = _units(rng)
+  same = scores.paired_bootstrap([np.concatenate([u, u]) for u in base], ['prosv', 'x'],
+                                 reference='prosv')
+  assert same['x']['diff'] == 0 and same['x']['diff_ci'] == [0.0, 0.0]
+  assert same['x']['ci'] == same['prosv']['ci'] and same['x']['ci'][0] < same['x']['ci'][1]
+  shifted = scores.paired_bootstrap([np.concatenate([u, u + 0.25]) for u in base],
+                                    ['prosv', 'x'], reference='prosv')
+  assert shifted['x']['diff'] == pytest.approx(0.25, abs=1e-12)
+  assert shifted['x']['diff_ci'] == pytest.approx([0.25, 0.25], abs=1e-12)
+
+
+def test_bootstrap_is_seeded_and_resamples_the_hierarchy():
+  rng = np.random.default_rng(2)
+  units = _units(rng)
+  a = scores.bootstrap_means(units, draws=300, seed=5)
+  assert np.array_equal(a, scores.bootstrap_means(units, draws=300, seed=5))
+  assert not np.array_equal(a, scores.bootstrap_means(units, draws=300, seed=6))
+  # Concepts differ, instructions within a concept do not: only the concept draw spreads it.
+  flat = [np.zeros((1, 5, 2)), np.full((1, 5, 2), 2.0)]
+  assert scores.paired_bootstrap(flat, ['m'], draws=2000)['m']['ci'] == [0.0, 2.0]
+  # One concept, instructions differ: the instruction draw spreads it.
+  one = [np.array([[[0.0], [2.0]]])]
+  assert scores.paired_bootstrap(one, ['m'], draws=2000)['m']['ci'] == [0.0, 2.0]
+  # Samples of one instruction travel together: nothing to resample.
+  together = [np.array([[[0.0, 2.0]]])]
+  assert scores.paired_bootstrap(together, ['m'], draws=200)['m']['ci'] == [1.0, 1.0]

@@ -12,9 +12,11 @@ from prosv_jax import sweep
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import scores
 from prosv_jax.eval.config import eval_config
-from prosv_jax.eval.evaluate import evaluate
-from prosv_jax.eval.judge import Ratings
+from prosv_jax.eval.evaluate import evaluate, sampling_config
+from prosv_jax.eval.judge import Item, Ratings
+from prosv_jax.eval.steering import response_part
 from prosv_jax.models.load import load_model
+from prosv_jax.sampling import SamplingConfig
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 pytest.importorskip('matplotlib')
@@ -84,18 +86,41 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
                                                  'utility.gsm8k': str(gsm)})
   results = evaluate(config, model, judge)
 
-  assert set(results['methods']) == {'unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv'}
+  assert set(results['methods']) == {'unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv',
+                                     'prosv_grid'}
   for name in ('results.json', 'results.md', 'scores.png', 'grid.png', 'generations.jsonl',
                'ratings.jsonl'):
     assert os.path.exists(tmp_path / 'ev' / name), name
   gens = _lines(tmp_path / 'ev' / 'generations.jsonl')
-  # main: 2 concepts x (unsteered, prompting, prosv, 3 grid factors incl. fssv at 1) x 4 x 2;
-  # attack: 2 x (unsteered, prompting, fssv, prosv, the grid pick) x 4 x 2, the pick may be 1.
+  # main: 2 concepts x (unsteered, prompting, 3 FSSV and 3 PrOSV grid factors incl. 1) x 4 x 2;
+  # attack: 2 x (unsteered, prompting, fssv, prosv, the grid picks) x 4 x 2, a pick may be 1.
   keys = {g['key'] for g in gens}
   assert len(keys) == len(gens)
   main = [g for g in gens if not g['attack']]
-  assert len(main) == 2 * 6 * 4 * 2
-  assert judge.rated == len(gens)
+  assert len(main) == 2 * 8 * 4 * 2
+  # Every generation rated whole; the reported ones (a grid: its pick) also by halves.
+  records = _lines(tmp_path / 'ev' / 'ratings.jsonl')
+  by_part = {p: {r['gen']: r for r in records if r['part'] == p}
+             for p in ('whole', 'first', 'second')}
+  assert set(by_part['whole']) == keys
+  reported = set()
+  for cid in (0, 1):
+    picks = {m: results['grid'][m]['per_concept'][str(cid)]['multiplier']
+             for m in ('fssv_grid', 'prosv_grid')}
+    for attack in (0, 1):
+      groups = {('unsteered', 1.0), ('prompting', 1.0), ('fssv', 1.0), ('prosv', 1.0),
+                ('fssv', picks['fssv_grid']), ('prosv', picks['prosv_grid'])}
+      reported |= {f'{m}|{cid}|{x:g}|{attack}|{i}|{s}' for m, x in groups
+                   for i in range(4) for s in range(2)}
+  assert set(by_part['first']) == set(by_part['second']) == reported
+  assert judge.rated == len(gens) + 2 * len(reported)
+  # A half is the text of half the response's tokens, rated by the same judge.
+  g = next(g for g in main if g['method'] == 'prosv' and len(g['response'].split()) > 2)
+  first = response_part(model.tokenizer, g['response'], 'first')
+  assert first and first != g['response'] and g['response'].startswith(first.split()[0])
+  concept = results['descriptions'][str(g['concept_id'])]
+  want = ScriptedJudge().rate([Item(g['instruction'], concept, first)])[0]
+  assert by_part['first'][g['key']]['concept'] == want.concept
   # Prompting and attack prompts really carry the rewrites; the judge sees the plain instruction.
   prompting = [g for g in main if g['method'] == 'prompting']
   assert all(g['instruction'] in g['prompt'] and g['prompt'] != g['instruction']
@@ -103,18 +128,35 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   assert all(g['prompt'] != g['instruction'] for g in gens if g['attack'])
 
   # Grid arithmetic recomputed from the ratings file.
-  ratings = {r['gen']: Ratings(r['concept'], r['instruction'], r['fluency'])
-             for r in _lines(tmp_path / 'ev' / 'ratings.jsonl')}
-  for cid in (0, 1):
-    first, second = scores.split_halves(4)
-    pick = {m: scores.mean_harmonic(ratings[f'fssv|{cid}|{m:g}|0|{i}|{s}']
-                                    for i in first for s in range(2)) for m in (0.5, 1.0, 2.0)}
-    best = scores.select_factor(pick)
-    assert results['grid'][str(cid)]['multiplier'] == best
-    reported = scores.summarize([ratings[f'fssv|{cid}|{best:g}|0|{i}|{s}']
-                                 for i in second for s in range(2)])
-    assert results['methods']['fssv_grid']['per_concept'][str(cid)]['harmonic'] == \
-        pytest.approx(reported['harmonic'])
+  ratings = {k: Ratings(r['concept'], r['instruction'], r['fluency'])
+             for k, r in by_part['whole'].items()}
+  for grid, kind in (('fssv_grid', 'fssv'), ('prosv_grid', 'prosv')):
+    for cid in (0, 1):
+      first, second = scores.split_halves(4)
+      pick = {m: scores.mean_harmonic(ratings[f'{kind}|{cid}|{m:g}|0|{i}|{s}']
+                                      for i in first for s in range(2)) for m in (0.5, 1.0, 2.0)}
+      best = scores.select_factor(pick)
+      got = results['grid'][grid]['per_concept'][str(cid)]
+      assert got['multiplier'] == best and got['trained_selected'] == (best == 1.0)
+      reported_scores = scores.summarize([ratings[f'{kind}|{cid}|{best:g}|0|{i}|{s}']
+                                          for i in second for s in range(2)])
+      assert results['methods'][grid]['per_concept'][str(cid)]['harmonic'] == \
+          pytest.approx(reported_scores['harmonic'])
+    # A grid is compared with PrOSV on the second half of the instructions only.
+    r = results['methods'][grid]
+    assert r['instructions'] == 'second half'
+    assert r['vs_prosv']['diff'] == pytest.approx(
+        r['mean']['harmonic'] - results['methods']['prosv']['second_half']['harmonic'])
+  for method, r in results['methods'].items():
+    low, high = r['mean']['harmonic_ci']
+    assert low <= r['mean']['harmonic'] <= high
+    assert ('vs_prosv' in r) == (method != 'prosv')
+    h = r['response_halves']  # the concept score's change from the first to the second half
+    assert h['concept_change']['diff'] == pytest.approx(h['second']['concept']
+                                                        - h['first']['concept'])
+  assert results['methods']['fssv']['vs_prosv']['diff'] == pytest.approx(
+      results['methods']['fssv']['mean']['harmonic']
+      - results['methods']['prosv']['mean']['harmonic'])
   per = [results['methods']['prosv']['per_concept'][str(c)]['harmonic'] for c in (0, 1)]
   assert results['methods']['prosv']['mean']['harmonic'] == pytest.approx(np.mean(per))
   assert results['methods']['prosv']['mean']['harmonic_std'] == pytest.approx(np.std(per))
@@ -124,7 +166,9 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   for method in results['methods']:  # user-given files are scored for every method
     assert 0 <= results['utility'][method]['multiple_choice'] <= 1
     assert 0 <= results['utility'][method]['gsm8k'] <= 1
-  assert '| PrOSV, trained factor |' in (tmp_path / 'ev' / 'results.md').read_text()
+  table = (tmp_path / 'ev' / 'results.md').read_text()
+  assert '| PrOSV, trained factor |' in table and 'Factor grid, PrOSV' in table
+  assert 'Response halves' in table
 
   # A rerun regenerates and rejudges nothing and gives the same results.
   judge2 = ScriptedJudge()
@@ -141,7 +185,7 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   (tmp_path / 'ev' / 'ratings.jsonl').write_text('')
   judge3 = ScriptedJudge()
   resumed = evaluate(config, model, judge3)
-  assert judge3.rated == len(gens)
+  assert judge3.rated == judge.rated
   assert resumed['methods'] == results['methods']
 
 
@@ -152,9 +196,52 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
     ({'grid.multipliers': (0.0, 1.0)}, 'grid.multipliers'),
     ({'data.concepts': (0, 99)}, '99'),
     ({'instructions.alpaca_eval': '/nonexistent.json'}, 'AlpacaEval'),
+    ({'generation.top_k': -1}, 'generation.top_k'),
+    ({'generation.top_p': 0.0}, 'generation.top_p'),
+    ({'bootstrap.draws': 10}, 'bootstrap.draws'),
+    ({'methods': 'prosv_grid', 'instructions.count': 1}, 'prosv_grid selects'),
 ])
 def test_bad_eval_configs_fail_before_generation(tmp_path, tiny, overrides, match):
   path, model = tiny
   with pytest.raises(ProsvError, match=match):
     evaluate(config_for(path, tmp_path / 'bad', **overrides), model, ScriptedJudge())
   assert not os.path.exists(tmp_path / 'bad' / 'generations.jsonl')
+
+
+def test_sampling_defaults_are_the_papers():
+  """The paper's generate() calls ran with HF's sampling defaults: T 1, top-k 50, top-p 1."""
+  assert sampling_config(eval_config()) == SamplingConfig(max_new_tokens=128, temperature=1.0,
+                                                          top_k=50, top_p=1.0)
+
+
+def test_concept10_preset():
+  """configs/eval.py:concept10 is the documented run; its values pass the config checks."""
+  import importlib.util
+  from paths import REPO
+  from prosv_jax.eval.evaluate import check_config
+  spec = importlib.util.spec_from_file_location('eval_cfg', REPO / 'configs' / 'eval.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('concept10')
+  assert c.data.concepts == tuple(range(10)) and c.data.source.endswith('prod_2b_l10_v1')
+  assert (c.instructions.count, c.instructions.samples) == (20, 2)
+  assert c.methods.split(',') == ['unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv',
+                                  'prosv_grid']
+  check_config(c)
+  assert module.get_config().data.concepts == (0,)
+  with pytest.raises(ProsvError, match='configs/eval.py:concept10'):
+    module.get_config('concept100')
+
+
+def test_response_halves_split_at_the_token_midpoint(tiny):
+  _, model = tiny
+  tok = model.tokenizer
+  text = tok.decode(tok.encode('the cat sat on the mat', add_special_tokens=False))
+  first, second = (response_part(tok, text, p) for p in ('first', 'second'))
+  n = len(tok.encode(text, add_special_tokens=False))
+  assert len(tok.encode(first, add_special_tokens=False)) == n // 2
+  assert len(tok.encode(second, add_special_tokens=False)) == n - n // 2
+  assert response_part(tok, text, 'whole') == text
+  assert response_part(tok, '', 'first') == response_part(tok, '', 'second') == ''
+  with pytest.raises(ValueError, match='part'):
+    response_part(tok, text, 'middle')

@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from prosv_jax.errors import ProsvError
 from prosv_jax.eval.steering import METHODS
 
 CONCEPT10_2B_L10 = '../shared/data/axbench/concept10/prod_2b_l10_v1'
@@ -19,7 +20,7 @@ def eval_config() -> ml_collections.ConfigDict:
   c.data.metadata = ''  # metadata.jsonl with concept descriptions ('' = from the data)
   c.data.concepts = (0,)  # AxBench concept ids to evaluate
 
-  c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv
+  c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid
 
   c.vectors = ml_collections.ConfigDict()
   c.vectors.prosv = ''  # folder of trained PrOSV vectors ('' = train them into workdir/train_prosv)
@@ -36,12 +37,15 @@ def eval_config() -> ml_collections.ConfigDict:
 
   c.generation = ml_collections.ConfigDict()
   c.generation.max_new_tokens = 128
+  # As the paper's generate() calls ran (HF defaults there): temperature 1, top-k 50, top-p 1.
   c.generation.temperature = 1.0
+  c.generation.top_k = 50  # 0 = no top-k cut
+  c.generation.top_p = 1.0  # 1 = no nucleus cut
   c.generation.batch_size = 32
   c.generation.seed = 0
 
   c.grid = ml_collections.ConfigDict()
-  c.grid.multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)  # FSSV factor = this x trained factor
+  c.grid.multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)  # grid factor = this x trained factor
 
   c.judge = ml_collections.ConfigDict()
   c.judge.kind = 'offline'  # offline | api | lm
@@ -55,6 +59,15 @@ def eval_config() -> ml_collections.ConfigDict:
   c.judge.api.cache_path = ''  # '' = workdir/judge_cache.sqlite
   c.judge.lm = ml_collections.ConfigDict()
   c.judge.lm.model = ''  # any model spec prosv_jax loads ('' = c.model)
+  # Also rate the first and the second half of each reported response's tokens (does the
+  # edit fade?): twice more judge calls on the reported generations.
+  c.judge.halves = True
+
+  # Paired bootstrap intervals (scores.paired_bootstrap): concepts, then instructions.
+  c.bootstrap = ml_collections.ConfigDict()
+  c.bootstrap.draws = 2000
+  c.bootstrap.seed = 0
+  c.bootstrap.level = 0.95
 
   c.robustness = True  # also generate with instructions that ask to avoid the concept
 
@@ -64,4 +77,30 @@ def eval_config() -> ml_collections.ConfigDict:
   c.utility.multiple_choice = ''  # tinyMMLU-style file (question, choices, answer)
   c.utility.gsm8k = ''  # GSM8K-style file (question, answer)
   c.utility.max_questions = 0  # cap per file (0 = all)
+  return c
+
+
+def concept10(c: ml_collections.ConfigDict) -> None:
+  """The documented comparison: all 10 concepts of Concept10 2b_l10, 20 held-out instructions
+  per concept, 2 generations each, every method with both factor grids."""
+  c.data.source = CONCEPT10_2B_L10
+  c.data.metadata = CONCEPT10_2B_L10 + '/metadata.jsonl'
+  c.data.concepts = tuple(range(10))
+  c.instructions.count = 20
+  c.instructions.samples = 2
+  c.methods = 'unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid'
+  c.workdir = 'workdirs/eval_concept10'
+
+
+PRESETS = {'concept10': concept10}
+
+
+def preset_config(name: str = '') -> ml_collections.ConfigDict:
+  """eval_config() with a preset applied ('' = none); configs/eval.py:NAME selects one."""
+  c = eval_config()
+  if name:
+    if name not in PRESETS:
+      raise ProsvError(f'unknown eval preset {name!r}; use configs/eval.py:'
+                       f'{" or :".join(PRESETS)}, or no suffix for the defaults')
+    PRESETS[name](c)
   return c

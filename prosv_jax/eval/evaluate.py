@@ -22,9 +22,9 @@ from prosv_jax.artifacts import load_vectors
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
 from prosv_jax.eval import report, scores, utility
-from prosv_jax.eval.steering import (METHODS, Group, Setup, Store, generate_groups,
-                                     group_keys, group_ratings, judge_missing,
-                                     select_multipliers)
+from prosv_jax.eval.steering import (GRIDS, METHODS, VECTOR_METHODS, Group, Setup, Store,
+                                     generate_groups, group_keys, group_ratings, judge_missing,
+                                     rating_key, select_multipliers)
 from prosv_jax.models.load import load_model
 from prosv_jax.sampling import SamplingConfig
 
@@ -48,17 +48,31 @@ def check_config(config) -> None:
   for key in ('count', 'samples'):
     if int(config.instructions[key]) < 1:
       raise ProsvError(f'instructions.{key}={config.instructions[key]}; use at least 1')
-  if 'fssv_grid' in parse_methods(config.methods):
+  grids = [m for m in parse_methods(config.methods) if m in GRIDS]
+  if grids:
     if int(config.instructions.count) < 2:
-      raise ProsvError('fssv_grid selects on half the instructions and reports the other '
+      raise ProsvError(f'{grids[0]} selects on half the instructions and reports the other '
                        'half: set instructions.count to at least 2')
     if not config.grid.multipliers or any(m <= 0 for m in config.grid.multipliers):
       raise ProsvError(f'grid.multipliers={tuple(config.grid.multipliers)}; use positive '
                        'multiples of the trained factor, e.g. 0.5,1,2')
   if not config.data.concepts:
     raise ProsvError('data.concepts is empty; pass the AxBench concept ids to evaluate')
-  SamplingConfig(max_new_tokens=int(config.generation.max_new_tokens),
-                 temperature=float(config.generation.temperature))
+  sampling_config(config)
+  b = config.bootstrap
+  if int(b.draws) < 100 or not 0 < float(b.level) < 1:
+    raise ProsvError(f'bootstrap.draws={b.draws}, bootstrap.level={b.level}; use at least 100 '
+                     'draws and a level in (0, 1), e.g. 2000 and 0.95')
+
+
+def sampling_config(config) -> SamplingConfig:
+  """The generation.* sampling keys; SamplingConfig names the fix for a bad value."""
+  g = config.generation
+  try:
+    return SamplingConfig(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature),
+                          top_k=int(g.top_k), top_p=float(g.top_p))
+  except ProsvError as e:  # its message starts with the field name: point at the config key
+    raise ProsvError(f'generation.{e}') from None
 
 
 def concept_descriptions(config) -> dict[int, str]:
@@ -123,37 +137,142 @@ def _run_groups(groups, setup, gens, ratings, judge, desc):
   with tqdm(total=len(keys), desc=f'{desc}: generate', unit='gen', dynamic_ncols=True) as bar:
     bar.update(len([k for k in keys if k in gens]))
     generate_groups(setup, groups, gens, progress=bar.update)
-  with tqdm(total=len(keys), desc=f'{desc}: judge', unit='gen', dynamic_ncols=True) as bar:
-    bar.update(len([k for k in keys if f'{judge.name}|{k}' in ratings]))
-    judge_missing(judge, setup, gens, ratings, keys, progress=bar.update)
+  _judge(keys, setup, gens, ratings, judge, f'{desc}: judge', 'whole')
+
+
+def _judge(keys, setup, gens, ratings, judge, desc, part):
+  with tqdm(total=len(keys), desc=desc, unit='gen', dynamic_ncols=True) as bar:
+    bar.update(len([k for k in keys if rating_key(judge, k, part) in ratings]))
+    judge_missing(judge, setup, gens, ratings, keys, progress=bar.update, part=part)
+
+
+def _judge_halves(groups, setup, gens, ratings, judge, desc):
+  """Rates the first and the second half of each response of the reported groups."""
+  keys = [k for g in dict.fromkeys(groups) for k in group_keys(setup, g)]
+  for part in ('first', 'second'):
+    _judge(keys, setup, gens, ratings, judge, f'{desc}: judge {part} halves', part)
 
 
 def _method_groups(method, cid, multipliers, attack, selected=None):
-  if method == 'fssv_grid':
+  if method in GRIDS:
     if attack:
-      return [Group('fssv', cid, selected[cid]['multiplier'], True)]
-    return [Group('fssv', cid, m, False) for m in multipliers]
+      return [_reported_group(method, cid, selected, True)]
+    return [Group(GRIDS[method], cid, m, False) for m in multipliers]
   return [Group(method, cid, 1.0, attack)]
 
 
-def _method_scores(judge, setup, ratings, methods, concepts, selected, attack):
-  """Per method: per-concept summaries and their average (grid: second half at the pick)."""
+def _reported_group(method, cid, selected, attack):
+  """The generations a method's score is made of (a grid: its vectors at the pick)."""
+  if method in GRIDS:
+    return Group(GRIDS[method], cid, selected[method][cid]['multiplier'], attack)
+  return Group(method, cid, 1.0, attack)
+
+
+def _reported_indices(method, count):
+  """Instruction indices a method reports on: a grid only those it did not select on."""
+  return scores.split_halves(count)[1] if method in GRIDS else list(range(count))
+
+
+def _units(judge, setup, ratings, method, cid, selected, attack, indices, part='whole',
+           aspect='harmonic'):
+  """One score (`aspect` of `part` of the responses) [instructions, samples] of one method on
+  one concept."""
+  rated = group_ratings(judge, setup, ratings, _reported_group(method, cid, selected, attack),
+                        indices, part)
+  return np.array([getattr(r, aspect) for r in rated]).reshape(len(indices), setup.samples)
+
+
+def _concept_change(judge, setup, ratings, method, concepts, selected, attack, stats):
+  """The concept score of the responses' second half minus their first half, with its paired
+  bootstrap interval: below 0 when the edit fades as the response goes on."""
+  units = []
+  for cid in concepts:
+    indices = _reported_indices(method, len(setup.instructions[cid]))
+    units.append(np.stack([_units(judge, setup, ratings, method, cid, selected, attack, indices,
+                                  part, 'concept') for part in ('first', 'second')]))
+  boot = scores.paired_bootstrap(units, ['first', 'second'], 'first', int(stats.draws),
+                                 int(stats.seed), float(stats.level))['second']
+  return dict(diff=boot['diff'], ci=boot['diff_ci'])
+
+
+def _intervals(judge, setup, ratings, methods, concepts, selected, attack, stats, second):
+  """Paired bootstrap of each method's harmonic mean and of its difference to PrOSV, on the
+  method's own units (second=False; a grid's are the second half) or on the second half."""
+  names = [m for m in methods if second or m not in GRIDS]
+  if not names:
+    return {}
+  units = []
+  for cid in concepts:
+    count = len(setup.instructions[cid])
+    indices = scores.split_halves(count)[1] if second else list(range(count))
+    units.append(np.stack([_units(judge, setup, ratings, m, cid, selected, attack, indices)
+                           for m in names]))
+  return scores.paired_bootstrap(units, names, 'prosv' if 'prosv' in names else None,
+                                 int(stats.draws), int(stats.seed), float(stats.level))
+
+
+def _summaries(judge, setup, ratings, method, concepts, selected, attack, part, second):
+  per_concept = {}
+  for cid in concepts:
+    count = len(setup.instructions[cid])
+    indices = scores.split_halves(count)[1] if second else _reported_indices(method, count)
+    g = _reported_group(method, cid, selected, attack)
+    per_concept[cid] = scores.summarize(group_ratings(judge, setup, ratings, g, indices, part))
+  return per_concept
+
+
+def _method_scores(judge, setup, ratings, methods, concepts, selected, attack, stats,
+                   halves):
+  """Per method: per-concept summaries and their average, on the whole responses and (with
+  `halves`) on the first and second half of their tokens; bootstrap intervals of the
+  harmonic mean and of the difference to PrOSV. Grids report on the second half of the
+  instructions at the pick, and are compared with PrOSV on those same units."""
+  second_ok = all(len(setup.instructions[c]) >= 2 for c in concepts)
+  own = _intervals(judge, setup, ratings, methods, concepts, selected, attack, stats, False)
+  late = (_intervals(judge, setup, ratings, methods, concepts, selected, attack, stats, True)
+          if second_ok else {})
   out = {}
   for method in methods:
-    per_concept, second_half = {}, {}
-    for cid in concepts:
-      first, second = scores.split_halves(len(setup.instructions[cid]))
-      if method == 'fssv_grid':
-        g = Group('fssv', cid, selected[cid]['multiplier'], attack)
-        per_concept[cid] = scores.summarize(group_ratings(judge, setup, ratings, g, second))
-        second_half[cid] = per_concept[cid]
-      else:
-        g = Group(method, cid, 1.0, attack)
-        per_concept[cid] = scores.summarize(group_ratings(judge, setup, ratings, g))
-        second_half[cid] = scores.summarize(group_ratings(judge, setup, ratings, g, second))
-    out[method] = dict(mean=scores.over_concepts(per_concept),
-                       second_half=scores.over_concepts(second_half),
-                       per_concept={str(k): v for k, v in per_concept.items()})
+    args = (judge, setup, ratings, method, concepts, selected, attack)
+    per_concept = _summaries(*args, 'whole', False)
+    res = dict(mean=scores.over_concepts(per_concept),
+               instructions='second half' if method in GRIDS else 'all',
+               per_concept={str(k): v for k, v in per_concept.items()})
+    boot = late[method] if method in GRIDS else own[method]
+    res['mean']['harmonic_ci'] = boot['ci']
+    if 'diff' in boot:
+      res['vs_prosv'] = dict(diff=boot['diff'], ci=boot['diff_ci'],
+                             instructions=res['instructions'])
+    if second_ok:
+      res['second_half'] = scores.over_concepts(_summaries(*args, 'whole', True))
+      res['second_half']['harmonic_ci'] = late[method]['ci']
+      if 'diff' in late[method]:
+        res['second_half']['vs_prosv'] = dict(diff=late[method]['diff'],
+                                              ci=late[method]['diff_ci'])
+    if halves:
+      res['response_halves'] = {part: scores.over_concepts(_summaries(*args, part, False))
+                                for part in ('first', 'second')}
+      res['response_halves']['concept_change'] = _concept_change(*args, stats)
+    out[method] = res
+  return out
+
+
+def _grid_results(selected):
+  """results['grid']: per grid method, the pick per concept and how often it was 1x."""
+  out = {}
+  for method, per in selected.items():
+    concepts = {str(c): dict(v, select={f'{m:g}': s for m, s in v['select'].items()},
+                             report={f'{m:g}': s for m, s in v['report'].items()})
+                for c, v in per.items()}
+    picked = [v['trained_selected'] for v in per.values() if v['trained_selected'] is not None]
+    best = [v['trained_best_on_report'] for v in per.values()
+            if v['trained_best_on_report'] is not None]
+    # The second-half gain of the pick over the trained factor: what the search bought.
+    gain = [v['report'][v['multiplier']] - v['report'][1.0] for v in per.values()
+            if 1.0 in v['report']]
+    out[method] = dict(per_concept=concepts, trained_selected=sum(picked),
+                       trained_best_on_report=sum(best), concepts=len(per),
+                       gain_over_trained=float(np.mean(gain)) if gain else None)
   return out
 
 
@@ -201,10 +320,11 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
   def steer_of(method, cid):
     if method in ('unsteered', 'prompting'):
       return None
-    v = vectors['fssv' if method == 'fssv_grid' else method]
+    v = vectors[VECTOR_METHODS[method]]
     s = utility.Steer.from_vectors(v, str(cid))
-    if method == 'fssv_grid':
-      p = dict(s.params, factor=np.asarray(s.params['factor']) * selected[cid]['multiplier'])
+    if method in GRIDS:
+      p = dict(s.params,
+               factor=np.asarray(s.params['factor']) * selected[method][cid]['multiplier'])
       s = utility.Steer(p, s.concept, s.layer, s.positions)
     return s
 
@@ -258,15 +378,14 @@ def evaluate(config, model=None, judge=None) -> dict:
   count = int(config.instructions.count)
   drawn = {c: prompts.axbench_draw(pool, c, count) for c in concepts}
   model = model or load_model(config.model, config.dtype)
-  needed = sorted({'fssv' if m == 'fssv_grid' else m for m in methods} & {'fssv', 'prosv'})
+  needed = sorted({VECTOR_METHODS[m] for m in methods if m in VECTOR_METHODS})
   vectors = {m: vectors_for(m, config, model) for m in needed}
   for v in vectors.values():  # a base model is prompted with the template it was trained with
     chat.set_chat_template(model.tokenizer, v.chat_template)
   setup = Setup(model=model, vectors=vectors, descriptions=descriptions,
                 instructions=drawn,
                 samples=int(config.instructions.samples),
-                sampling=SamplingConfig(max_new_tokens=int(config.generation.max_new_tokens),
-                                        temperature=float(config.generation.temperature)),
+                sampling=sampling_config(config),
                 batch_size=int(config.generation.batch_size), seed=int(config.generation.seed))
   judge = judge or make_judge(config, model)
   gens = Store(os.path.join(config.workdir, 'generations.jsonl'))
@@ -276,16 +395,26 @@ def evaluate(config, model=None, judge=None) -> dict:
   groups = [g for cid in concepts for m in methods
             for g in _method_groups(m, cid, multipliers, False)]
   _run_groups(groups, setup, gens, ratings, judge, 'steering')
-  selected = (select_multipliers(judge, setup, ratings, concepts, multipliers)
-              if 'fssv_grid' in methods else {})
+  selected = {m: select_multipliers(judge, setup, ratings, concepts, multipliers,
+                                    method=GRIDS[m]) for m in methods if m in GRIDS}
+  reported = [_reported_group(m, cid, selected, False) for cid in concepts for m in methods]
+  halves = bool(config.judge.halves)
+  if halves:
+    _judge_halves(reported, setup, gens, ratings, judge, 'steering')
+  stats = config.bootstrap
   results = dict(
       config=json.loads(config.to_json_best_effort()), judge=judge.name, concepts=concepts,
       descriptions={str(k): v for k, v in descriptions.items()},
       instructions=dict(source=origin, count=count, samples=setup.samples),
-      methods=_method_scores(judge, setup, ratings, methods, concepts, selected, False),
-      grid={str(c): dict(v, select={f'{m:g}': s for m, s in v['select'].items()},
-                         report={f'{m:g}': s for m, s in v['report'].items()})
-            for c, v in selected.items()},
+      methods=_method_scores(judge, setup, ratings, methods, concepts, selected, False, stats,
+                             halves),
+      bootstrap=dict(draws=int(stats.draws), seed=int(stats.seed), level=float(stats.level),
+                     resample=scores.BOOTSTRAP_UNITS,
+                     reference='prosv' if 'prosv' in methods else None,
+                     grids='fssv_grid and prosv_grid report on the second half of the '
+                           'instructions; their intervals and differences against PrOSV use '
+                           'PrOSV on that same second half'),
+      grid=_grid_results(selected),
       vectors={m: dict(positions=v.positions, layer=v.layer,
                        factor={str(c): float(v.factor[v.index_of(str(c))]) for c in concepts})
                for m, v in vectors.items()})
@@ -293,8 +422,10 @@ def evaluate(config, model=None, judge=None) -> dict:
     attack = [g for cid in concepts for m in methods
               for g in _method_groups(m, cid, multipliers, True, selected)]
     _run_groups(attack, setup, gens, ratings, judge, 'robustness')
+    if halves:
+      _judge_halves(attack, setup, gens, ratings, judge, 'robustness')
     results['robustness'] = _method_scores(judge, setup, ratings, methods, concepts, selected,
-                                           True)
+                                           True, stats, halves)
   if int(config.utility.negatives) > 0 or config.utility.multiple_choice or config.utility.gsm8k:
     results['utility'] = _utility(config, model, vectors, methods, concepts, descriptions,
                                   selected)

@@ -13,44 +13,114 @@ LABELS = {
     'fssv': 'FSSV, trained factor',
     'fssv_grid': 'FSSV, factor grid (selected)',
     'prosv': 'PrOSV, trained factor',
+    'prosv_grid': 'PrOSV, factor grid (selected)',
 }
+GRID_VECTORS = {'fssv_grid': 'fssv', 'prosv_grid': 'prosv'}
+GRID_NAMES = {'fssv_grid': 'FSSV', 'prosv_grid': 'PrOSV'}
 
 
 def _cell(stats: dict, key: str) -> str:
   return f'{stats[key]:.3f} ± {stats[key + "_std"]:.3f}'
 
 
+def _ci(value: float, ci) -> str:
+  """`0.431 [0.380, 0.492]`; the bare value when there is no interval."""
+  return f'{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else f'{value:.3f}'
+
+
+def _diff(d: dict | None) -> str:
+  return f'{d["diff"]:+.3f} [{d["ci"][0]:+.3f}, {d["ci"][1]:+.3f}]' if d else '-'
+
+
+def _main_table(results: dict) -> list[str]:
+  lines = ['| method | instructions | concept | instruction | fluency | harmonic mean [95% CI] '
+           '| − PrOSV [95% CI] | harmonic, 2nd half [95% CI] | − PrOSV, 2nd half |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for method, r in results['methods'].items():
+    m, late = r['mean'], r.get('second_half')
+    lines.append(f'| {LABELS.get(method, method)} | {r.get("instructions", "all")} | '
+                 f'{_cell(m, "concept")} | {_cell(m, "instruction")} | {_cell(m, "fluency")} | '
+                 f'**{_ci(m["harmonic"], m.get("harmonic_ci"))}** | {_diff(r.get("vs_prosv"))} | '
+                 + (f'{_ci(late["harmonic"], late.get("harmonic_ci"))} | '
+                    f'{_diff(late.get("vs_prosv"))} |' if late else '- | - |'))
+  return lines
+
+
+def _bootstrap_note(results: dict) -> list[str]:
+  b = results.get('bootstrap')
+  if not b:
+    return []
+  return ['', f'Intervals: paired bootstrap, {b["draws"]} draws (seed {b["seed"]}), '
+          f'{b["level"]:.0%} percentile; resampled: {b["resample"]}; the statistic is the '
+          'same mean per concept, then over concepts. "− PrOSV": the method minus PrOSV on the '
+          'same units. "2nd half": the instructions a factor grid reports on (it selects on '
+          'the first half); grid rows use only those, and are compared with PrOSV on them.']
+
+
+def _halves_table(results: dict) -> list[str]:
+  rows = [(m, r) for m, r in results['methods'].items() if r.get('response_halves')]
+  if not rows:
+    return []
+  lines = ['', '**Response halves** (each response split at its token midpoint, both halves '
+           'rated by the same judge; does the edit fade?):', '',
+           '| method | concept: whole / 1st half / 2nd half | concept, 2nd − 1st half [95% CI] '
+           '| harmonic: whole / 1st / 2nd |', '|---|---|---|---|']
+  for method, r in rows:
+    h = r['response_halves']
+    parts = (r['mean'], h['first'], h['second'])
+    lines.append(f'| {LABELS.get(method, method)} | '
+                 + ' / '.join(f'{p["concept"]:.3f}' for p in parts) + ' | '
+                 + _diff(h.get('concept_change')) + ' | '
+                 + ' / '.join(f'{p["harmonic"]:.3f}' for p in parts) + ' |')
+  return lines
+
+
+def _grid_tables(results: dict) -> list[str]:
+  lines = []
+  for method, g in (results.get('grid') or {}).items():
+    kind = GRID_VECTORS.get(method, method)
+    gain = g.get('gain_over_trained')
+    name = GRID_NAMES.get(method, method)
+    lines += ['', f'**Factor grid, {name}**: multiplier of the trained '
+              f'factor selected per concept on the first half. The trained factor (1x) was '
+              f'picked for {g["trained_selected"]} of {g["concepts"]} concepts and was the best '
+              f'on the reported half for {g["trained_best_on_report"]}'
+              + (f'; the pick minus 1x on the reported half: {gain:+.3f}' if gain is not None
+                 else '') + '.', '',
+              '| concept | selected multiplier | trained factor | 1x picked '
+              '| 1x best on 2nd half |',
+              '|---|---|---|---|---|']
+    for cid, c in g['per_concept'].items():
+      factor = results['vectors'][kind]['factor'][cid]
+      lines.append(f'| {cid} | {c["multiplier"]:g} | {factor:.2f} | '
+                   f'{_yes(c["trained_selected"])} | {_yes(c["trained_best_on_report"])} |')
+  return lines
+
+
+def _yes(flag) -> str:
+  return '-' if flag is None else ('yes' if flag else 'no')
+
+
 def markdown(results: dict) -> str:
   lines = [f'Judge: `{results["judge"]}`; concepts: {results["concepts"]}; '
            f'{results["instructions"]["count"]} instructions per concept '
            f'({results["instructions"]["source"]}), {results["instructions"]["samples"]} '
-           'generation(s) each. Values: mean over concepts ± spread (std) over concepts.',
-           '',
-           '| method | concept | instruction | fluency | harmonic mean | harmonic, 2nd half |',
-           '|---|---|---|---|---|---|']
-  for method, r in results['methods'].items():
-    m = r['mean']
-    lines.append(f'| {LABELS.get(method, method)} | {_cell(m, "concept")} | '
-                 f'{_cell(m, "instruction")} | {_cell(m, "fluency")} | '
-                 f'**{m["harmonic"]:.3f}** ± {m["harmonic_std"]:.3f} | '
-                 f'{r["second_half"]["harmonic"]:.3f} |')
-  lines.append('')
-  lines.append('"2nd half": the instructions the factor grid reports on (it selects on the '
-               'first half); the grid row uses only those.')
-  if results.get('grid'):
-    lines += ['', '**Factor grid (FSSV)**: multiplier of the trained factor selected per '
-              'concept on the first half:', '',
-              '| concept | selected multiplier | trained factor |', '|---|---|---|']
-    for cid, g in results['grid'].items():
-      factor = results['vectors']['fssv']['factor'][cid]
-      lines.append(f'| {cid} | {g["multiplier"]:g} | {factor:.2f} |')
+           'generation(s) each. Values: mean over concepts ± spread (std) over concepts, or '
+           'mean [95% bootstrap interval].', '']
+  lines += _main_table(results)
+  lines += _bootstrap_note(results)
+  lines += _halves_table(results)
+  lines += _grid_tables(results)
   if results.get('robustness'):
     lines += ['', '**Robustness** (instructions ask to avoid the concept):', '',
-              '| method | concept | harmonic mean | harmonic without attack |', '|---|---|---|---|']
+              '| method | concept | harmonic mean [95% CI] | − PrOSV [95% CI] | '
+              'harmonic without attack |', '|---|---|---|---|---|']
     for method, r in results['robustness'].items():
       base = results['methods'][method]['mean']['harmonic']
-      lines.append(f'| {LABELS.get(method, method)} | {_cell(r["mean"], "concept")} | '
-                   f'{_cell(r["mean"], "harmonic")} | {base:.3f} |')
+      m = r['mean']
+      lines.append(f'| {LABELS.get(method, method)} | {_cell(m, "concept")} | '
+                   f'{_ci(m["harmonic"], m.get("harmonic_ci"))} | {_diff(r.get("vs_prosv"))} | '
+                   f'{base:.3f} |')
   if results.get('utility'):
     keys = sorted({k for r in results['utility'].values() for k in r if not k.endswith('_std')})
     names = {'loglik_loss': 'log-lik loss on own answers (nats/token)',
@@ -71,9 +141,13 @@ def plot(results: dict, folder: str) -> list[str]:
   paths = []
   methods = list(results['methods'])
   fig, ax = plt.subplots(figsize=(7, 3.5))
-  means = [results['methods'][m]['mean']['harmonic'] for m in methods]
-  stds = [results['methods'][m]['mean']['harmonic_std'] for m in methods]
-  ax.bar(range(len(methods)), means, yerr=stds, capsize=4, color='#4c72b0')
+  means = np.array([results['methods'][m]['mean']['harmonic'] for m in methods])
+  cis = [results['methods'][m]['mean'].get('harmonic_ci') for m in methods]
+  if all(cis):  # the bootstrap interval; older results only have the spread over concepts
+    err = np.abs(np.array(cis).T - means)
+  else:
+    err = [results['methods'][m]['mean']['harmonic_std'] for m in methods]
+  ax.bar(range(len(methods)), means, yerr=err, capsize=4, color='#4c72b0')
   if results.get('robustness'):
     rob = [results['robustness'][m]['mean']['harmonic'] for m in methods]
     ax.scatter(range(len(methods)), rob, color='#c44e52', zorder=3,
@@ -89,16 +163,20 @@ def plot(results: dict, folder: str) -> list[str]:
   plt.close(fig)
   if results.get('grid'):
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    grid = results['grid']
-    mults = sorted({float(m) for g in grid.values() for m in g['select']})
-    for half, style in (('select', 'o-'), ('report', 's--')):
-      ys = [np.mean([g[half][f'{m:g}'] for g in grid.values()]) for m in mults]
-      ax.plot(mults, ys, style, label={'select': 'first half (selection)',
-                                       'report': 'second half (reported)'}[half])
+    for method, color in zip(results['grid'], ('#4c72b0', '#c44e52')):
+      grid = results['grid'][method]['per_concept']
+      mults = sorted({float(m) for g in grid.values() for m in g['select']})
+      name = GRID_VECTORS.get(method, method).upper()
+      for half, style in (('select', 'o-'), ('report', 's--')):
+        ys = [np.mean([g[half][f'{m:g}'] for g in grid.values()]) for m in mults]
+        ax.plot(mults, ys, style, color=color,
+                label=f'{name}, ' + {'select': 'first half (selection)',
+                                     'report': 'second half (reported)'}[half])
     ax.axvline(1.0, color='gray', lw=0.8, ls=':')
-    ax.set_xlabel('factor / trained FSSV factor')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('factor / trained factor')
     ax.set_ylabel('harmonic mean (0-2)')
-    ax.set_title('FSSV factor grid, mean over concepts', fontsize=9)
+    ax.set_title('factor grids, mean over concepts', fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(os.path.join(folder, 'grid.png'))

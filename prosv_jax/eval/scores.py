@@ -1,5 +1,6 @@
 """AxBench score arithmetic: per-generation harmonic mean, concept and method aggregates,
-and factor-grid selection (pick on the first half of the instructions, report the second).
+factor-grid selection (pick on the first half of the instructions, report the second), and
+paired bootstrap intervals of the means and of differences between methods.
 """
 
 from __future__ import annotations
@@ -70,3 +71,83 @@ def select_factor(scores: dict, tie_break: str = 'smaller') -> float:
 def mean_harmonic(ratings: Iterable[Ratings]) -> float:
   ratings = list(ratings)
   return float(np.mean([r.harmonic for r in ratings])) if ratings else 0.0
+
+
+# The resampling unit of the bootstrap, stated in results next to every interval.
+BOOTSTRAP_UNITS = ('concepts with replacement, then instructions with replacement within each '
+                   'drawn concept; the samples of an instruction stay together')
+
+
+def bootstrap_means(units: Sequence[np.ndarray], draws: int = 2000,
+                    seed: int = 0) -> np.ndarray:
+  """The AxBench mean (per concept, then over concepts) of resampled data, two-stage.
+
+  Each draw picks len(units) concepts with replacement and, independently for every pick,
+  that concept's instructions with replacement. Resampling the two upper levels carries the
+  variance of the levels below them (the samples of an instruction stay together).
+
+  Args:
+    units: per concept, scores [methods, instructions, samples]; rows of the methods axis are
+      paired (the same concept x instruction x sample units), so a difference of two rows is
+      bootstrapped with the same draws.
+    draws: number of resamples.
+    seed: numpy seed; the same seed gives the same draws.
+
+  Returns:
+    [draws, methods] statistics.
+  """
+  if not units:
+    raise ValueError('no concepts to bootstrap')
+  rng = np.random.default_rng(seed)
+  n = len(units)
+  picks = rng.integers(0, n, size=(draws, n))  # concept slot j of draw d holds picks[d, j]
+  total = np.zeros((draws, units[0].shape[0]))
+  for c, u in enumerate(units):
+    per_instruction = np.asarray(u, np.float64).mean(axis=2)  # [methods, instructions]
+    idx = rng.integers(0, per_instruction.shape[1], size=(draws, n, per_instruction.shape[1]))
+    means = per_instruction[:, idx].mean(axis=-1)  # [methods, draws, slots]
+    total += np.where(picks == c, means, 0.0).sum(axis=-1).T
+  return total / n
+
+
+def percentile_interval(stats: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+  """The central `level` percentile interval of bootstrap statistics [draws]."""
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(stats, [tail, 100 - tail])
+  return float(low), float(high)
+
+
+def paired_bootstrap(units: Sequence[np.ndarray], names: Sequence[str],
+                     reference: str | None = None, draws: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+  """Means with bootstrap intervals, and paired differences against `reference`.
+
+  Args:
+    units: per concept, scores [methods, instructions, samples] (see bootstrap_means).
+    names: the methods, in the order of the first axis.
+    reference: the method the others are compared with (None: no differences).
+
+  Returns:
+    name -> {mean, ci: [low, high], and unless it is the reference, diff (mean minus the
+    reference's) and diff_ci}. The point estimates are the plain AxBench means.
+  """
+  units = [np.asarray(u, np.float64) for u in units]
+  if any(u.shape[0] != len(names) for u in units):
+    raise ValueError(f'units hold {units[0].shape[0]} methods, names {len(names)}')
+  point = np.mean([u.mean(axis=(1, 2)) for u in units], axis=0)
+  stats = bootstrap_means(units, draws, seed)
+  out = {}
+  for i, name in enumerate(names):
+    out[name] = dict(mean=float(point[i]), ci=list(percentile_interval(stats[:, i], level)))
+  if reference is not None:
+    r = list(names).index(reference)
+    # Differences per unit, then the same statistic (it is linear) with the same draws (same
+    # seed): paired, and exact for a constant shift.
+    paired = [u - u[r:r + 1] for u in units]
+    diff_point = np.mean([d.mean(axis=(1, 2)) for d in paired], axis=0)
+    diffs = bootstrap_means(paired, draws, seed)
+    for i, name in enumerate(names):
+      if i != r:
+        out[name]['diff'] = float(diff_point[i])
+        out[name]['diff_ci'] = list(percentile_interval(diffs[:, i], level))
+  return out

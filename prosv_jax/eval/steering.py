@@ -22,8 +22,14 @@ from prosv_jax.eval import scores
 from prosv_jax.eval.judge import Item, Judge, Ratings
 from prosv_jax.sampling import SamplingConfig, generate_ids
 
-METHODS = ('unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv')
-VECTOR_METHODS = {'fssv': 'fssv', 'fssv_grid': 'fssv', 'prosv': 'prosv'}
+METHODS = ('unsteered', 'prompting', 'fssv', 'fssv_grid', 'prosv', 'prosv_grid')
+VECTOR_METHODS = {'fssv': 'fssv', 'fssv_grid': 'fssv', 'prosv': 'prosv', 'prosv_grid': 'prosv'}
+# Factor grids: the vector method run at several multiples of its trained factor, the best
+# multiple picked on the first half of the instructions and reported on the second.
+GRIDS = {'fssv_grid': 'fssv', 'prosv_grid': 'prosv'}
+# What a rating rates: the whole response, or the first or second half of its tokens (does a
+# prompt-only edit fade as the response goes on?).
+PARTS = ('whole', 'first', 'second')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +87,7 @@ class Setup:
   descriptions: dict[int, str]  # concept_id -> description
   instructions: dict[int, list[str]]  # concept_id -> held-out instructions
   samples: int = 1  # generations per instruction
-  sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=1.0)
+  sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=1.0, top_k=50)
   batch_size: int = 32
   seed: int = 0
 
@@ -158,33 +164,57 @@ def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
   return made
 
 
+def rating_key(judge: Judge, gen: str, part: str = 'whole') -> str:
+  # The whole response keeps the key it always had, so existing rating stores stay valid.
+  return f'{judge.name}|{gen}' if part == 'whole' else f'{judge.name}|{gen}|{part}_half'
+
+
+def response_part(tokenizer, response: str, part: str) -> str:
+  """The response, or the text of the first or second half of its tokens.
+
+  The split re-tokenizes the stored text (generation records keep text, not ids), so it works
+  on stores written before halves were rated; the midpoint is len // 2, the odd token going to
+  the second half.
+  """
+  if part == 'whole':
+    return response
+  if part not in PARTS:
+    raise ValueError(f'unknown response part {part!r}; use one of {PARTS}')
+  ids = tokenizer.encode(response, add_special_tokens=False)
+  half = len(ids) // 2
+  return tokenizer.decode(ids[:half] if part == 'first' else ids[half:],
+                          skip_special_tokens=True)
+
+
 def judge_missing(judge: Judge, setup: Setup, gens: Store, ratings: Store,
                   keys: Sequence[str], progress: Callable[[int], None] | None = None,
-                  chunk: int = 256) -> int:
-  """Rates the generations in `keys` that this judge has not rated yet."""
-  todo = [k for k in keys if f'{judge.name}|{k}' not in ratings]
+                  chunk: int = 256, part: str = 'whole') -> int:
+  """Rates `part` of the generations in `keys` that this judge has not rated yet."""
+  todo = [k for k in keys if rating_key(judge, k, part) not in ratings]
   for start in range(0, len(todo), chunk):
-    part = todo[start:start + chunk]
+    keys_now = todo[start:start + chunk]
     items = [Item(instruction=gens.get(k)['instruction'],
                   concept=setup.descriptions[gens.get(k)['concept_id']],
-                  response=gens.get(k)['response']) for k in part]
+                  response=response_part(setup.model.tokenizer, gens.get(k)['response'], part))
+             for k in keys_now]
     rated = judge.rate(items, progress)
-    ratings.add([dict(key=f'{judge.name}|{k}', judge=judge.name, gen=k, **dataclasses.asdict(r))
-                 for k, r in zip(part, rated)])
+    ratings.add([dict(key=rating_key(judge, k, part), judge=judge.name, gen=k, part=part,
+                      **dataclasses.asdict(r)) for k, r in zip(keys_now, rated)])
   return len(todo)
 
 
 def group_ratings(judge: Judge, setup: Setup, ratings: Store, group: Group,
-                  indices: Sequence[int] | None = None) -> list[Ratings]:
+                  indices: Sequence[int] | None = None, part: str = 'whole') -> list[Ratings]:
+  """The group's ratings, instruction-major (index, then sample)."""
   n = len(setup.instructions[group.concept_id])
   indices = range(n) if indices is None else indices
   out = []
   for i in indices:
     for s in range(setup.samples):
-      rec = ratings.get(f'{judge.name}|{gen_key(group, i, s)}')
+      rec = ratings.get(rating_key(judge, gen_key(group, i, s), part))
       if rec is None:
-        raise ProsvError(f'missing rating for {gen_key(group, i, s)}; rerun the evaluation '
-                         'to finish it')
+        raise ProsvError(f'missing {part} rating for {gen_key(group, i, s)}; rerun the '
+                         'evaluation to finish it')
       out.append(Ratings(rec['concept'], rec['instruction'], rec['fluency']))
   return out
 
@@ -195,18 +225,25 @@ def group_keys(setup: Setup, group: Group) -> list[str]:
 
 
 def select_multipliers(judge: Judge, setup: Setup, ratings: Store, concepts: Sequence[int],
-                       multipliers: Sequence[float], attack: bool = False) -> dict:
-  """Per concept: the grid multiplier with the best score on the first half of the
-  instructions, and the per-multiplier scores on both halves (for the plot)."""
+                       multipliers: Sequence[float], attack: bool = False,
+                       method: str = 'fssv') -> dict:
+  """Per concept: the grid multiplier of `method`'s vectors with the best score on the first
+  half of the instructions, the per-multiplier scores on both halves (for the plot), and
+  whether the trained factor (multiplier 1) was the pick, and the best on the second half
+  (None when 1 is not in the grid)."""
   out = {}
   for cid in concepts:
     first, second = scores.split_halves(len(setup.instructions[cid]))
     pick = {m: scores.mean_harmonic(group_ratings(judge, setup, ratings,
-                                                  Group('fssv', cid, m, attack), first))
+                                                  Group(method, cid, m, attack), first))
             for m in multipliers}
     report = {m: scores.mean_harmonic(group_ratings(judge, setup, ratings,
-                                                    Group('fssv', cid, m, attack), second))
+                                                    Group(method, cid, m, attack), second))
               for m in multipliers}
-    out[cid] = dict(multiplier=scores.select_factor(pick), select=pick, report=report,
-                    report_indices=second)
+    chosen = scores.select_factor(pick)
+    trained = 1.0 in report
+    out[cid] = dict(multiplier=chosen, select=pick, report=report, report_indices=second,
+                    trained_selected=(chosen == 1.0) if trained else None,
+                    trained_best_on_report=(report[1.0] == max(report.values()))
+                    if trained else None)
   return out

@@ -47,6 +47,12 @@ def _unknown_key(e: Exception, argv) -> SystemExit:
                     f'--config')
 
 
+def _load_error(e: OSError) -> SystemExit:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return SystemExit(f'error: cannot load the config file ({lines[-1]}); pass an existing '
+                    f'--config=configs/<name>.py')
+
+
 def define_config(name: str, default: str, help_text: str):
   """config_flags.DEFINE_config_file (locked); an override of a key the config lacks is one
   `error:` line. config_flags reads the overrides from sys.argv right here, at import."""
@@ -55,6 +61,8 @@ def define_config(name: str, default: str, help_text: str):
     return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
   except (AttributeError, KeyError) as e:
     raise _unknown_key(e, sys.argv) from None
+  except OSError as e:  # the file did not load and an override asked for its keys
+    raise _load_error(e) from None
 
 
 def parse_flags(argv):
@@ -67,6 +75,8 @@ def parse_flags(argv):
     raise SystemExit(f'error: {detail}; see --helpshort') from None
   except (AttributeError, KeyError) as e:  # an override names no config key
     raise _unknown_key(e, argv) from None
+  except OSError as e:  # the file did not load and an override asked for its keys
+    raise _load_error(e) from None
 
 
 def config_value(holder):
@@ -75,7 +85,5 @@ def config_value(holder):
   try:
     config.keys()
   except OSError as e:  # config_flags defers a failed load to the first access
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    raise SystemExit(f'error: cannot load the config file ({lines[-1]}); pass an existing '
-                     f'--config=configs/<name>.py') from None
+    raise _load_error(e) from None
   return config

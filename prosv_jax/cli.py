@@ -71,7 +71,14 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    detail = ' '.join(str(e).split())  # config_flags' messages may span lines
+    text = str(e)
+    if 'Traceback' in text:  # get_config raised: config_flags quotes its whole traceback
+      last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+      if last.startswith('prosv_jax.errors.ProsvError: '):  # already names the fix
+        raise SystemExit(f'error: {last.split(": ", 1)[1]}') from None
+      raise SystemExit(f'error: the config file failed: {last}; fix it or pick another '
+                       f'--config') from None
+    detail = ' '.join(text.split())  # config_flags' messages may span lines
     raise SystemExit(f'error: {detail}; see --helpshort') from None
   except (AttributeError, KeyError) as e:  # an override names no config key
     raise _unknown_key(e, argv) from None

@@ -29,7 +29,7 @@ class SamplingConfig:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ProsvError(f'max_new_tokens={self.max_new_tokens}; ask for at least 1 token')
-    if self.temperature < 0:
+    if not self.temperature >= 0:  # also refuses nan
       raise ProsvError(f'temperature={self.temperature}; use 0 (greedy) or a positive value')
     if not 0 < self.top_p <= 1:
       raise ProsvError(f'top_p={self.top_p}; use a value in (0, 1]')

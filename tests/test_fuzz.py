@@ -193,6 +193,8 @@ def test_empty_concepts(tmp_path, monkeypatch, no_model):
     ('--config.train.epochs=abc', ['--config.train.epochs=abc', 'int']),
     ('--config.steer.beta=big', ['--config.steer.beta=big']),
     ('--nosuchflag=1', ['nosuchflag']),
+    (f'--config={os.path.join(ROOT, "configs", "prosv.py")}:nope',
+     ["unknown config variant 'nope'", 'gemma2_2b']),
 ])
 def test_bad_flags_are_one_line(override, words, tmp_path, monkeypatch, no_model):
   argv = ['train.py', f'--config={DEMO}', f'--config.workdir={tmp_path / "w"}', override]
@@ -283,6 +285,7 @@ def run_generate(module, *args):
     (['--max_new_tokens=0'], ['max_new_tokens=0']),
     (['--top_p=0'], ['top_p=0']),
     (['--temperature=-1'], ['temperature=-1']),
+    (['--temperature=nan'], ['temperature=nan']),
 ])
 def test_generate_refuses_before_the_model_loads(args, words, generate_module, monkeypatch,
                                                  files):

@@ -52,7 +52,7 @@ def check_config(config) -> None:
     if int(config.instructions.count) < 2:
       raise ProsvError('fssv_grid selects on half the instructions and reports the other '
                        'half: set instructions.count to at least 2')
-    if not config.grid.multipliers or any(m <= 0 for m in config.grid.multipliers):
+    if not config.grid.multipliers or any(not m > 0 for m in config.grid.multipliers):
       raise ProsvError(f'grid.multipliers={tuple(config.grid.multipliers)}; use positive '
                        'multiples of the trained factor, e.g. 0.5,1,2')
   if not config.data.concepts:

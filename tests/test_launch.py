@@ -194,7 +194,6 @@ def test_unknown_variant_lists_the_valid_names():
                      'one of: smollm2, gemma3_270m, gemma2_2b, gemma2_9b, qwen25_32b'):
     parse_config(['t', '--config=configs/prosv.py:nope'])
   result = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/fssv.py:nope'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, 'PYTHONPATH': ROOT})  # this checkout's prosv_jax
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "unknown config variant 'nope'" in result.stderr and 'gemma2_9b' in result.stderr

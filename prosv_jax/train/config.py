@@ -239,8 +239,8 @@ def _check_numbers(config) -> None:
     raise ProsvError(f'steer.beta={config.steer.beta}; use beta > 0 (factor0 = beta * sqrt(width))')
   for name in ('factor_lr', 'direction_lr'):
     if not 0 < o[name] <= MAX_LR:
-      raise ProsvError(f'optim.{name}={o[name]}; use a learning rate in (0, {MAX_LR:g}] '
-                       f'(the paper\'s grids go up to 40)')
+      raise ProsvError(f'optim.{name}={o[name]}; use a positive learning rate up to '
+                       f'{MAX_LR:g} (the paper\'s grids go up to 40)')
   for name in ('b1', 'b2'):
     if not 0 <= o[name] < 1:
       raise ProsvError(f'optim.{name}={o[name]}; use an Adam beta in [0, 1), e.g. 0.9')

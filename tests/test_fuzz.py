@@ -256,6 +256,44 @@ def test_finished_workdir_reruns_without_loading(tmp_path, monkeypatch, no_model
   assert (workdir / 'summary.json').read_text() == before
 
 
+def test_exploding_factor_stops_with_the_step_and_keeps_the_last_good_state(
+    tmp_path, monkeypatch, tiny_model_path):
+  """A finite loss does not hide a runaway factor (the bound lowered to make one cheaply)."""
+  from prosv_jax.train import optim  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(optim, 'MAX_PARAM', 40.0)  # init factor 4 * sqrt(64) = 32; LR 100 > 40
+  workdir = tmp_path / 'w'
+  expect_error(lambda: run_train(monkeypatch, workdir, f'--config.model={tiny_model_path}',
+                                 '--config.layer=1', '--config.optim.factor_lr=100',
+                                 '--config.data.max_examples=4', '--config.train.batch_size=4',
+                                 '--config.data.max_response_tokens=16'),
+               'diverged at step 1', 'exploded', 'last good state (step 0)', 'new --config.workdir',
+               within_s=60)
+  assert os.listdir(workdir / 'checkpoints') == ['0']
+
+
+@pytest.mark.parametrize('overrides,words', [
+    ({'methods': 'prosv,bogus'}, ['unknown bogus']),
+    ({'judge.kind': 'oracle'}, ['judge.kind=', 'offline']),
+    ({'generation.temperature': float('nan')}, ['temperature=nan']),
+    ({'vectors.prosv': '/nonexistent/vectors', 'methods': 'prosv'}, ['/nonexistent/vectors']),
+    ({'model': '/nonexistent/model.gguf', 'methods': 'unsteered'}, ['no such model file']),
+])
+def test_evaluate_refuses_before_the_model_loads(overrides, words, tmp_path, no_model,
+                                                 monkeypatch):
+  from prosv_jax import sweep  # pylint: disable=import-outside-toplevel
+  from prosv_jax.eval import evaluate as evaluation  # pylint: disable=import-outside-toplevel
+  from prosv_jax.eval.config import eval_config  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(evaluation, 'load_model', model_load.load_model)  # the refusing one
+  config = sweep.apply(eval_config(), {'workdir': str(tmp_path / 'e'), **overrides})
+
+  def call():
+    try:
+      evaluation.evaluate(config)
+    except evaluation.ProsvError as e:  # what launch/evaluate.py turns into its error line
+      raise SystemExit(f'error: {e}') from None
+  expect_error(call, *words)
+
+
 # --------------------------------------------------------------------------- generate.py
 
 

@@ -44,6 +44,8 @@ class Trainer:
     read = read_concepts(config)
     if model is None:
       check_spec(config.model)
+      if parallel.is_main_process():  # ~25 s for the embedded model: say what it waits on
+        print(f'loading {config.model} ...', flush=True)
       model = parallel.load_on_mesh(config.model, config.dtype, self.mesh)
     elif self.mesh is not None:  # frozen weights: FSDP over 'data', tensor parallel over 'model'
       model = dataclasses.replace(model, params=parallel.shard_params(model.params, self.mesh))

@@ -11,21 +11,23 @@ import json
 import platform
 import sys
 
-from absl import app, logging
-from ml_collections import config_flags
+from prosv_jax import cli
+
+cli.quiet()  # before anything imports transformers (its banner reads the environment)
+
+from absl import app
 
 from prosv_jax.errors import ProsvError
 
-CONFIG = config_flags.DEFINE_config_file('config', 'configs/eval.py', 'Evaluation config file.',
-                                         lock_config=True)
+CONFIG = cli.define_config('config', 'configs/eval.py', 'Evaluation config file.')
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
+  cli.set_log_levels()
   from prosv_jax.eval.evaluate import evaluate
   from prosv_jax.eval.report import markdown
-  config = CONFIG.value
+  config = cli.config_value(CONFIG)
   try:
     results = evaluate(config)
   except ProsvError as e:
@@ -36,4 +38,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

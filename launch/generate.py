@@ -11,10 +11,15 @@ layer and positions come from the vectors' steering_config.json unless --model o
 
 import time
 
+from prosv_jax import cli
+
+cli.quiet()  # before anything imports transformers (its banner reads the environment)
+
 from absl import app, flags
+from tqdm import tqdm
 
 from prosv_jax.errors import ProsvError
-from prosv_jax.models.load import DEFAULT_MODEL, load_model
+from prosv_jax.models.load import DEFAULT_MODEL, check_spec, load_model
 from prosv_jax.sampling import SamplingConfig, generate_text
 
 PROMPTS = flags.DEFINE_multi_string('prompt', ['What is the capital of France?'],
@@ -34,6 +39,7 @@ SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 
 def main(argv):
   del argv
+  cli.set_log_levels()  # jax's INFO line about libtpu; --verbose brings it back
   try:
     sampling = SamplingConfig(MAX_NEW.value, TEMPERATURE.value, TOP_K.value, TOP_P.value)
     vectors = None
@@ -41,13 +47,17 @@ def main(argv):
       from prosv_jax.artifacts import load_vectors
       vectors = load_vectors(VECTORS.value)
     spec = MODEL.value or (vectors.model if vectors and vectors.model else DEFAULT_MODEL)
+    check_spec(spec)  # a missing or broken file fails before the slow load
     start = time.time()
+    print(f'loading {spec} ...', flush=True)
     model = load_model(spec, DTYPE.value)
     print(f'loaded {model.source} ({model.cfg.family}, {model.cfg.num_layers} layers, '
           f'width {model.cfg.hidden_size}) in {time.time() - start:.1f}s')
     start = time.time()
     if vectors is None:
-      answers = generate_text(model, PROMPTS.value, sampling=sampling, seed=SEED.value)
+      with tqdm(total=1, desc='generating', unit='batch', leave=False) as bar:
+        answers = generate_text(model, PROMPTS.value, sampling=sampling, seed=SEED.value)
+        bar.update()
       for question, answer in zip(PROMPTS.value, answers):
         print(f'\n> {question}\n{answer.strip()}')
     else:
@@ -71,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

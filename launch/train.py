@@ -11,10 +11,11 @@ run the same command on each (see prosv_jax.parallel.maybe_initialize_distribute
 environment it reads); only process 0 prints and writes the workdir's logs and exports.
 """
 
-import json
+from prosv_jax import cli
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+cli.quiet()  # before anything imports transformers (its banner reads the environment)
+
+from absl import app, flags
 
 from prosv_jax import parallel
 from prosv_jax.chat import set_chat_template
@@ -23,15 +24,38 @@ from prosv_jax.eval.instructions import held_out_pool
 from prosv_jax.sampling import show_generations
 from prosv_jax.train.job import train_and_export
 
-CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Training config file.',
-                                         lock_config=True)
+CONFIG = cli.define_config('config', 'configs/demo.py', 'Training config file.')
 MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Stop (checkpointed) after this many steps.')
+
+
+def _numbers(values, digits: int = 3) -> str:
+  """One number, or one per concept, as plain text (not JSON lists)."""
+  if values is None:
+    return 'n/a'
+  values = values if isinstance(values, (list, tuple)) else [values]
+  return ', '.join(f'{float(v):.{digits}g}' for v in values)
+
+
+def summary_lines(summary: dict) -> list[str]:
+  """The summary as numbers with their meaning; summary.json keeps every field."""
+  lines = ['', f'summary ({summary["steps"]} of {summary["total_steps"]} steps, concepts '
+           f'{", ".join(map(str, summary["concept_ids"]))}):',
+           # The progress bar shows the last batch's loss; this averages the whole last epoch.
+           f'  final loss (mean over the last epoch): {_numbers(summary["final_loss"])}',
+           f'  factor: {_numbers(summary["factor"])}',
+           f'  direction norm: {_numbers(summary["direction_norm"])}',
+           f'  residual RMS at layer {summary["layer"]}: {_numbers(summary["residual_rms"])}',
+           f'  training time: {summary["train_s"]:.1f} s (setup {summary["setup_s"]:.1f} s)']
+  if summary.get('steps_per_s'):
+    lines.append(f'  throughput: {summary["steps_per_s"]:.3g} steps/s, '
+                 f'{summary["tokens_per_s"]:.0f} tokens/s')
+  return lines
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config = CONFIG.value
+  cli.set_log_levels()  # orbax logs every save at INFO; --verbose brings it back
+  config = cli.config_value(CONFIG)
   try:
     parallel.maybe_initialize_distributed()  # before anything touches a device
     say = print if parallel.is_main_process() else lambda *args, **kwargs: None
@@ -41,7 +65,9 @@ def main(argv):
           'command to resume')
       return
     show = config.show
-    if show.num_instructions:
+    if summary.get('already_finished'):  # no model load: see its answers with generate.py
+      say(f'to see its answers: python launch/generate.py --vectors={config.workdir}/vectors')
+    elif show.num_instructions:
       from prosv_jax.artifacts import load_vectors
       vectors = load_vectors(summary['artifacts']['vectors'])
       model = parallel.load_on_mesh(config.model, config.dtype,
@@ -57,12 +83,11 @@ def main(argv):
           say(f'\n> {q}\n  unsteered: {plain.strip()}\n  steered:   {steered.strip()}')
   except ProsvError as e:
     raise SystemExit(f'error: {e}') from None
-  say('\nsummary:', json.dumps({k: summary[k] for k in (
-      'steps', 'final_loss', 'factor', 'direction_norm', 'residual_rms', 'train_s',
-      'steps_per_s', 'tokens_per_s')}))
+  for line in summary_lines(summary):
+    say(line)
   say(f'artifacts: {config.workdir}/ (config.json, metrics.jsonl, summary.json, checkpoints/, '
       f'vectors/, control_vector_*.gguf)')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -30,7 +30,7 @@ class SamplingConfig:
   def __post_init__(self):
     if self.max_new_tokens < 1:
       raise ProsvError(f'max_new_tokens={self.max_new_tokens}; ask for at least 1 token')
-    if self.temperature < 0:
+    if not self.temperature >= 0:  # also refuses nan
       raise ProsvError(f'temperature={self.temperature}; use 0 (greedy) or a positive value')
     if not 0 < self.top_p <= 1:
       raise ProsvError(f'top_p={self.top_p}; use a value in (0, 1]')
@@ -116,6 +116,14 @@ def decode(params, cfg: ModelConfig, cache, logits, lengths, rng, *, sampling: S
   return out, count
 
 
+def check_context(cfg: ModelConfig, prompt_tokens: int, max_new_tokens: int) -> None:
+  """The longest prompt plus the new tokens must fit the model's positions."""
+  if prompt_tokens + max_new_tokens > cfg.max_position:
+    raise ProsvError(f'a prompt of {prompt_tokens} tokens plus max_new_tokens={max_new_tokens} '
+                     f'exceeds the model\'s {cfg.max_position} positions '
+                     f'(max_position_embeddings); shorten the prompt or lower max_new_tokens')
+
+
 def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
                  sampling: SamplingConfig = SamplingConfig(), seed: int = 0, steer=None,
                  steer_mask_fn=None, steer_layer: int | None = None, steer_decode: bool = False,
@@ -132,6 +140,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
     raise ProsvError('generate needs at least one non-empty prompt')
   if steer is not None:
     cfg.check_layer(steer_layer)
+  check_context(cfg, max(len(p) for p in prompts), sampling.max_new_tokens)
   width = round_up(max(len(p) for p in prompts), pad_to)
   pad_id = cfg.pad_id if cfg.pad_id is not None else 0
   tokens = jnp.asarray([[pad_id] * (width - len(p)) + list(p) for p in prompts], jnp.int32)
@@ -171,9 +180,16 @@ def show_generations(model, params, concept: int, layer: int, positions: str,
                      temperature: float = 0.0) -> list[tuple[str, str, str]]:
   """(instruction, unsteered answer, steered answer) for each instruction."""
   from prosv_jax import steer  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-  plain = generate_text(model, instructions, sampling=sampling, seed=seed)
-  kwargs = steer.generation_kwargs(params, concept, layer, steer.parse_positions(positions),
-                                   len(instructions))
-  steered = generate_text(model, instructions, sampling=sampling, seed=seed, **kwargs)
+  # Two batched calls, each a minute or more on CPU with its compile: say which one runs.
+  with tqdm(total=2, desc=f'concept {concept}: generating unsteered', unit='batch',
+            leave=False, dynamic_ncols=True, disable=not parallel.is_main_process()) as bar:
+    plain = generate_text(model, instructions, sampling=sampling, seed=seed)
+    bar.update()
+    bar.set_description(f'concept {concept}: generating steered')
+    kwargs = steer.generation_kwargs(params, concept, layer, steer.parse_positions(positions),
+                                     len(instructions))
+    steered = generate_text(model, instructions, sampling=sampling, seed=seed, **kwargs)
+    bar.update()
   return list(zip(instructions, plain, steered))

@@ -14,12 +14,14 @@ import jax
 import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
 from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
 from prosv_jax import sweep  # noqa: E402
+from prosv_jax.train import optim  # noqa: E402
 from prosv_jax.train import step as train_step  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
 from prosv_jax.train.config import base_config  # noqa: E402
@@ -145,11 +147,27 @@ def test_backward_keeps_no_activations_of_blocks_below_the_layer(tmp_path, tiny_
   assert _saved_residual_bytes(loss_at(0, None), params) > recompute
 
 
-def test_non_finite_loss_stops_with_the_step_and_saves(tmp_path, tiny_model, tiny_model_path):
-  config = tiny_config(tiny_model_path, tmp_path / 'nan', **{'steer.beta': float('inf')})
-  with pytest.raises(ProsvError, match=r'non-finite loss or gradient at step 0; .*saved'):
+def test_non_finite_loss_stops_with_the_step_and_saves(tmp_path, tiny_model, tiny_model_path,
+                                                       monkeypatch):
+  # beta=inf is refused up front now; a huge finite beta with the bound off overflows the loss.
+  monkeypatch.setattr(optim, 'MAX_PARAM', float('inf'))
+  config = tiny_config(tiny_model_path, tmp_path / 'nan', **{'steer.beta': 1e36,
+                                                         'steer.direction_scale': 1e3})
+  with pytest.raises(ProsvError, match=r'diverged at step 1: non-finite loss or gradient; '
+                                       r'the last good state \(step 0\) is saved'):
     train_and_export(config, tiny_model)
   assert os.listdir(tmp_path / 'nan' / 'checkpoints')
+
+
+def test_exploding_factor_stops_with_the_last_good_state(tmp_path, tiny_model, tiny_model_path,
+                                                         monkeypatch):
+  # The init factor is beta * sqrt(64) = 32; one Adam step of LR 100 takes it past 40 either way.
+  monkeypatch.setattr(optim, 'MAX_PARAM', 40.0)
+  config = tiny_config(tiny_model_path, tmp_path / 'big', **{'optim.factor_lr': 100.0})
+  with pytest.raises(ProsvError, match=r'diverged at step 1: the steering vector exploded'):
+    train_and_export(config, tiny_model)
+  restored = ocp.CheckpointManager(str(tmp_path / 'big' / 'checkpoints'))
+  assert restored.latest_step() == 0  # the init, kept as the last good state
 
 
 @pytest.mark.parametrize('overrides,message', [

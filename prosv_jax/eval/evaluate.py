@@ -25,7 +25,7 @@ from prosv_jax.eval import report, scores, utility
 from prosv_jax.eval.steering import (GRIDS, METHODS, VECTOR_METHODS, Group, Setup, Store,
                                      generate_groups, group_keys, group_ratings, judge_missing,
                                      rating_key, select_multipliers)
-from prosv_jax.models.load import load_model
+from prosv_jax.models.load import check_spec, load_model
 from prosv_jax.sampling import SamplingConfig
 
 JUDGES = ('offline', 'api', 'lm')
@@ -53,7 +53,7 @@ def check_config(config) -> None:
     if int(config.instructions.count) < 2:
       raise ProsvError(f'{grids[0]} selects on half the instructions and reports the other '
                        'half: set instructions.count to at least 2')
-    if not config.grid.multipliers or any(m <= 0 for m in config.grid.multipliers):
+    if not config.grid.multipliers or any(not m > 0 for m in config.grid.multipliers):
       raise ProsvError(f'grid.multipliers={tuple(config.grid.multipliers)}; use positive '
                        'multiples of the trained factor, e.g. 0.5,1,2')
   if not config.data.concepts:
@@ -367,7 +367,8 @@ def evaluate(config, model=None, judge=None) -> dict:
   """Runs (or resumes) the evaluation `config` describes; returns the results dict."""
   check_config(config)
   t0 = time.time()
-  os.makedirs(config.workdir, exist_ok=True)
+  from prosv_jax.train.job import make_workdir  # pylint: disable=import-outside-toplevel
+  make_workdir(config.workdir)
   methods = parse_methods(config.methods)
   concepts = [int(c) for c in config.data.concepts]
   descriptions = concept_descriptions(config)
@@ -377,8 +378,13 @@ def evaluate(config, model=None, judge=None) -> dict:
     pool, origin = prompts.held_out_pool(config.data.source), 'held-out dataset instructions'
   count = int(config.instructions.count)
   drawn = {c: prompts.axbench_draw(pool, c, count) for c in concepts}
-  model = model or load_model(config.model, config.dtype)
   needed = sorted({VECTOR_METHODS[m] for m in methods if m in VECTOR_METHODS})
+  for m in needed:  # given folders are read now, a missing one fails before the slow load
+    if config.vectors[m]:
+      load_vectors(config.vectors[m])
+  if model is None:
+    check_spec(config.model)
+    model = load_model(config.model, config.dtype)
   vectors = {m: vectors_for(m, config, model) for m in needed}
   for v in vectors.values():  # a base model is prompted with the template it was trained with
     chat.set_chat_template(model.tokenizer, v.chat_template)

@@ -53,6 +53,23 @@ def resolve(spec: str) -> str:
   return spec
 
 
+def check_spec(spec: str) -> None:
+  """The cheap part of load_model's checks, for a one-line error before a slow load: the file
+  or folder exists and a .gguf file starts with the GGUF magic. hf:<repo> is left to the load
+  (it may download)."""
+  if spec.startswith('hf:'):
+    return
+  path = resolve(spec)
+  if os.path.isdir(path):
+    return
+  if not path.endswith('.gguf'):
+    raise ProsvError(f'{path} is neither a folder nor a .gguf file; {SPEC_HELP}')
+  with open(path, 'rb') as f:
+    if f.read(4) != b'GGUF':
+      raise ProsvError(f'{path} is not a GGUF file (it does not start with the GGUF magic '
+                       f'bytes); pass a .gguf file written by llama.cpp or a local HF folder')
+
+
 def _generation_eos(path: str) -> set[int]:
   """Chat models often stop on an end-of-turn id named only in generation_config.json."""
   gen = os.path.join(path, 'generation_config.json') if os.path.isdir(path) else ''

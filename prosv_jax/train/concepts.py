@@ -31,8 +31,17 @@ def concept_seed(seed: int, concept_id: int) -> int:
   return int(np.random.SeedSequence([seed, concept_id + 1]).generate_state(1)[0])
 
 
-def load_concepts(config, tokenizer) -> Concepts:
-  """Reads, validates and tokenizes the concepts named by config.data before any compute."""
+@dataclasses.dataclass
+class ConceptRows:
+  """The rows of each concept (read and validated, not tokenized) and its description."""
+  ids: list[int]
+  rows: list  # one pandas DataFrame per concept, all the same length
+  descriptions: list[str]
+
+
+def read_concepts(config) -> ConceptRows:
+  """Reads and validates the concepts named by config.data; needs no model, so a bad file,
+  column or id fails before the model loads."""
   dcfg = config.data
   if dcfg.source == 'demo':
     table, meta = data.demo_table()
@@ -43,25 +52,32 @@ def load_concepts(config, tokenizer) -> Concepts:
   if not ids:
     raise ProsvError('data.concepts is empty; name at least one concept id, e.g. '
                      '--config.data.concepts=0,1')
+  if int(dcfg.max_examples) < 0:  # iloc[:-5] would silently drop the last 5 rows
+    raise ProsvError(f'data.max_examples={dcfg.max_examples}; use 0 (all) or a positive cap')
   rows = data.concept_rows(table, ids)
-  examples = []
-  for k, cid in enumerate(ids):
-    picked = rows[cid]
-    if dcfg.max_examples:
-      picked = picked.iloc[:dcfg.max_examples]
-    examples.append(data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
-                                       dcfg.max_response_tokens))
-  counts = {cid: len(ex) for cid, ex in zip(ids, examples)}
+  picked = [rows[cid].iloc[:dcfg.max_examples] if dcfg.max_examples else rows[cid]
+            for cid in ids]
+  counts = {cid: len(p) for cid, p in zip(ids, picked)}
   if len(set(counts.values())) > 1:
     raise ProsvError(f'concepts have different example counts {counts}; set '
                      f'data.max_examples={min(counts.values())} or train them in separate runs')
   descriptions = []
-  for cid, picked in ((cid, rows[cid]) for cid in ids):
+  for cid in ids:
     desc = meta.get(cid)
-    if desc is None and 'output_concept' in picked.columns:
-      desc = str(picked['output_concept'].iloc[0])
+    if desc is None and 'output_concept' in rows[cid].columns:
+      desc = str(rows[cid]['output_concept'].iloc[0])
     descriptions.append(desc or f'concept {cid}')
-  return Concepts(ids, descriptions, examples)
+  return ConceptRows(ids, picked, descriptions)
+
+
+def load_concepts(config, tokenizer, read: ConceptRows | None = None) -> Concepts:
+  """Tokenizes the concepts (read_concepts(config) unless `read` is given)."""
+  read = read or read_concepts(config)
+  dcfg = config.data
+  examples = [data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
+                                 dcfg.max_response_tokens)
+              for k, picked in enumerate(read.rows)]
+  return Concepts(read.ids, read.descriptions, examples)
 
 
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:

@@ -1,6 +1,7 @@
 """The one training config, an ml_collections.ConfigDict; configs/*.py start from it."""
 
 import dataclasses
+import math
 import os
 
 import ml_collections
@@ -193,17 +194,73 @@ def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
 
 
 LOSSES = ('lang', 'simpo')
+# Adam moves every coordinate by about one LR per step, so an LR far above the factor's init
+# scale (beta * sqrt(n), ~200 at the paper's width) throws the factor away on the first step.
+# The paper's grids go up to 40; 1000 is 25x that and still refuses typos such as 1e30.
+MAX_LR = 1000.0
+
+
+def _float_leaves(config, prefix=''):
+  """(dotted key, value) of every float in the config, nested dicts included."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _float_leaves(value, f'{prefix}{key}.')
+    elif isinstance(value, float):
+      yield f'{prefix}{key}', value
+    elif isinstance(value, (tuple, list)):
+      for item in value:
+        if isinstance(item, float):
+          yield f'{prefix}{key}', item
+
+
+def _at_least(config, key: str, low: int, hint: str):
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  if isinstance(value, bool) or int(value) != value or int(value) < low:
+    raise ProsvError(f'{key}={value!r}; {hint}')
+
+
+def _check_numbers(config) -> None:
+  for key, value in _float_leaves(config):
+    if not math.isfinite(value):
+      raise ProsvError(f'{key}={value}; give a finite number')
+  for key in ('train.epochs', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
+              'data.max_prompt_tokens', 'data.max_response_tokens', 'data.pad_multiple'):
+    _at_least(config, key, 1, 'use a positive integer')
+  _at_least(config, 'data.max_examples', 0, 'use 0 (all) or a positive cap per concept')
+  _at_least(config, 'train.seed', 0, 'use a seed >= 0')
+  _at_least(config, 'layer', 0, 'use a block index >= 0 (0-indexed)')
+  _at_least(config, 'show.num_instructions', 0, 'use 0 (no generations) or a count')
+  _at_least(config, 'show.max_new_tokens', 1, 'use a positive token count')
+  _at_least(config, 'optim.base_width', 0, 'use 0 (LRs as given) or the width they were tuned at')
+  o = config.optim
+  if not config.steer.beta > 0:
+    raise ProsvError(f'steer.beta={config.steer.beta}; use beta > 0 (factor0 = beta * sqrt(width))')
+  for name in ('factor_lr', 'direction_lr'):
+    if not 0 < o[name] <= MAX_LR:
+      raise ProsvError(f'optim.{name}={o[name]}; use a positive learning rate up to '
+                       f'{MAX_LR:g} (the paper\'s grids go up to 40)')
+  for name in ('b1', 'b2'):
+    if not 0 <= o[name] < 1:
+      raise ProsvError(f'optim.{name}={o[name]}; use an Adam beta in [0, 1), e.g. 0.9')
+  if not o.eps > 0:
+    raise ProsvError(f'optim.eps={o.eps}; use a small positive epsilon, e.g. 1e-8')
+  if not o.clip_direction >= 0:
+    raise ProsvError(f'optim.clip_direction={o.clip_direction}; use 0 (off) or a positive norm')
+  if not config.train.cache_budget_gb >= 0:
+    raise ProsvError(f'train.cache_budget_gb={config.train.cache_budget_gb}; use 0 or more GiB')
+  if not config.show.temperature >= 0:
+    raise ProsvError(f'show.temperature={config.show.temperature}; use 0 (greedy) or more')
 
 
 def check_config(config) -> None:
-  """Value checks that ml_collections' type checks cannot do; one line each."""
+  """Value checks that ml_collections' type checks cannot do; one line each, before loading."""
   if config.train.loss not in LOSSES:
     raise ProsvError(f'train.loss={config.train.loss!r}; use one of {", ".join(LOSSES)}')
-  for key in ('epochs', 'batch_size'):
-    if int(config.train[key]) < 1:
-      raise ProsvError(f'train.{key}={config.train[key]}; use a positive integer')
   if config.dtype not in ('float32', 'bfloat16'):
     raise ProsvError(f'dtype={config.dtype!r}; use float32 or bfloat16')
+  _check_numbers(config)
   steer.parse_positions(config.positions)
   if config.steer.direction_scale <= 0:
     raise ProsvError(f'steer.direction_scale={config.steer.direction_scale}; use s > 0')

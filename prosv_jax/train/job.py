@@ -22,6 +22,7 @@ from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
 from prosv_jax.train import optim
 from prosv_jax.train.step import lower_hidden_jit
+from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
 
 
@@ -72,6 +73,62 @@ def _check_same_config(workdir: str, config_json: str):
                        f'{", ".join(changed)}); use a new --config.workdir to start afresh')
 
 
+def make_workdir(workdir: str):
+  """Creates the workdir, or a one-line error naming the fix (not an OSError traceback)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ProsvError(f'workdir {workdir} is a file; pass a folder path to --config.workdir')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ProsvError(f'cannot create workdir {workdir} ({e.strerror}); pass a writable folder '
+                     f'path to --config.workdir') from None
+  if not os.access(workdir, os.W_OK):
+    raise ProsvError(f'workdir {workdir} is not writable; pass a writable folder path to '
+                     f'--config.workdir')
+
+
+def _finished_summary(workdir: str) -> dict | None:
+  """The saved summary of a run that already finished in `workdir` (same config), else None.
+
+  A finished workdir reruns in seconds and keeps its summary.json (train_s, throughput).
+  """
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None  # half-written or damaged: train (resume) and write it again
+  if summary.get('steps') != summary.get('total_steps') or 'artifacts' not in summary:
+    return None
+  return dict(summary, already_finished=True)
+
+
+def _check_state(state, what: str, fix: str):
+  """The state's factor and directions are finite and within optim.MAX_PARAM."""
+  params = parallel.to_host(state['steer'])
+  factor = np.abs(np.asarray(params['factor']))
+  norm = np.linalg.norm(np.asarray(params['direction']), axis=-1)
+  if not (np.all(np.isfinite(factor)) and np.all(np.isfinite(norm))):
+    raise ProsvError(f'{what} is not finite; check {fix}')
+  if factor.max() > optim.MAX_PARAM or norm.max() > optim.MAX_PARAM:
+    raise ProsvError(f'{what} has |factor| {factor.max():.3g} / direction norm '
+                     f'{norm.max():.3g} over {optim.MAX_PARAM:g}; lower {fix}')
+
+
+def _diverged(m, step: int, directory) -> str:
+  """The one-line error of a step whose loss, gradient or new parameters went bad."""
+  if not m['finite']:
+    what = 'non-finite loss or gradient'
+  else:
+    what = (f'the steering vector exploded (|factor| {np.max(np.abs(m["factor"])):.3g}, '
+            f'direction norm {np.max(m["direction_norm"]):.3g}; bound {optim.MAX_PARAM:g})')
+  return (f'training diverged at step {step + 1}: {what}; the last good state (step {step}) '
+          f'is saved in {directory}; lower optim.factor_lr / optim.direction_lr or steer.beta '
+          f'and rerun with a new --config.workdir')
+
+
 def train_and_export(config, model: Model | None = None, max_steps: int | None = None) -> dict:
   """Runs (or resumes) the job described by `config`; returns the summary dict.
 
@@ -80,18 +137,29 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
   """
   main = parallel.is_main_process()
   workdir = config.workdir
+  check_config(config)  # cheap: bad values fail before the workdir or the model is touched
   config_json = config.to_json_best_effort(sort_keys=True)
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   _check_same_config(workdir, config_json)
+  finished = _finished_summary(workdir)
+  if finished is not None:
+    if main:
+      print(f'{workdir} already holds this finished run (summary.json); nothing to train. Use '
+            f'a new --config.workdir to train again')
+    return finished
   trainer = Trainer(config, model)
+  init = trainer.init_state()
+  _check_state(init, 'the initial state', 'steer.beta / steer.direction_scale')
   if main:  # replaced whole, so another process never reads half a file
+    # Written only once every check passed: a failed start leaves no config that would
+    # refuse the corrected rerun as "another config".
     tmp = os.path.join(workdir, f'config.json.{os.getpid()}.tmp')
     with open(tmp, 'w') as f:
       f.write(config_json)
     os.replace(tmp, os.path.join(workdir, 'config.json'))
 
   manager = _checkpoints(workdir)
-  state, start = _restore(manager, trainer.init_state())
+  state, start = _restore(manager, init)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if main:
     _trim_metrics(metrics_path, start)
@@ -110,11 +178,12 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
     for step in bar:
       state, m, batch_tokens = trainer.step(state, step)
       m = parallel.to_host(m)
-      if not m['finite']:
+      if not (m['finite'] and m['bounded']):
+        # train_step kept the state from before this step: that is the last good one.
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
-        raise ProsvError(f'non-finite loss or gradient at step {step}; the last good state is '
-                         f'saved in {manager.directory}; lower optim.factor_lr / '
-                         f'optim.direction_lr or steer.beta and start a new workdir')
+        manager.wait_until_finished()
+        bar.close()
+        raise ProsvError(_diverged(m, step, manager.directory))
       tokens += batch_tokens
       loss = float(np.mean(m['loss']))
       bar.set_postfix(loss=f'{loss:.3f}', factor=f'{float(np.mean(m["factor"])):.2f}')

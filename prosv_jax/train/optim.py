@@ -64,3 +64,19 @@ def make_optimizer(optim_cfg, total_steps: int, width: int) -> optax.GradientTra
 def finite(tree) -> jax.Array:
   """True when every leaf is finite (one scalar, cheap enough to check every step)."""
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# Bound on |factor| and on each direction's norm: past it a run has diverged, even while its
+# loss stays finite (factor_lr=1e30 once gave factor -3e30 and a zero direction gradient).
+# The factor starts at beta * sqrt(n) (~10..300 for the paper's betas and widths) and the
+# directions at norm ~s / sqrt(3); Adam moves a coordinate by about one LR per step, so even
+# LR MAX_LR (config.py) for a few hundred steps stays below it, while an edit this large swamps
+# any residual stream (RMS O(1..100)).
+MAX_PARAM = 1e6
+
+
+def bounded(params, max_param: float) -> jax.Array:
+  """True when |factor| and every direction norm are at most max_param (and finite)."""
+  factor_ok = jnp.all(jnp.abs(params['factor']) <= max_param)
+  norms = jnp.linalg.norm(params['direction'], axis=-1)
+  return factor_ok & jnp.all(norms <= max_param)

@@ -118,14 +118,15 @@ def loss_fn(steer_params, frozen, cfg, layer, positions, loss_kind, num_concepts
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'layer', 'positions', 'loss_kind',
                                              'num_concepts', 'optimizer', 'response_width',
-                                             'remat'),
+                                             'remat', 'max_param'),
                    donate_argnames=('state',))
 def train_step(state, frozen, batch, bank, *, cfg, layer, positions, loss_kind, num_concepts,
-               optimizer, response_width, remat=False):
+               optimizer, response_width, remat=False, max_param=optim.MAX_PARAM):
   """One update of every concept's steering params. `bank` is [N, W, D] or None.
 
-  A non-finite loss or gradient leaves the state as it was and reports finite=False, so the
-  caller can save the last good state before stopping.
+  A non-finite loss or gradient (finite=False), or new steering params past max_param
+  (bounded=False: diverged), leave the state as it was, so the caller can save the last good
+  state before stopping. The metrics show the rejected values.
   """
   h_low = None
   if bank is not None:
@@ -136,15 +137,18 @@ def train_step(state, frozen, batch, bank, *, cfg, layer, positions, loss_kind, 
   updates, opt_state = optimizer.update(grads, state['opt'], state['steer'])
   new = {'steer': optax.apply_updates(state['steer'], updates), 'opt': opt_state,
          'step': state['step'] + 1}
-  ok = optim.finite(loss) & optim.finite(grads)
-  new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+  finite = optim.finite(loss) & optim.finite(grads)
+  bounded = optim.bounded(new['steer'], max_param)
   metrics = {
       'loss': per_concept,
-      'finite': ok,
+      'finite': finite,
+      'bounded': bounded,
       'direction_grad_norm': jnp.linalg.norm(grads['direction'], axis=-1),
       'factor': new['steer']['factor'],
       'direction_norm': jnp.linalg.norm(new['steer']['direction'], axis=-1),
   }
+  ok = finite & bounded
+  new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
   return new, metrics
 
 

@@ -11,14 +11,26 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from prosv_jax import chat, data, parallel, steer
-from prosv_jax.models.load import Model
+from prosv_jax.errors import ProsvError
+from prosv_jax.models.load import Model, check_spec
 from prosv_jax.train import optim
-from prosv_jax.train.concepts import concept_seed, load_concepts, neutral_responses
+from prosv_jax.train.concepts import (concept_seed, load_concepts, neutral_responses,
+                                     read_concepts)
 from prosv_jax.train.config import check_config
 from prosv_jax.train.step import lower_hidden_jit, reference_logprobs, train_step
 from prosv_jax.padding import round_up
+
+
+def _check_context(cfg, concepts) -> None:
+  """Every example (prompt + response) must fit the model's positions."""
+  longest = max(e.length for per in concepts.examples for e in per)
+  if longest > cfg.max_position:
+    raise ProsvError(f'an example is {longest} tokens but the model has {cfg.max_position} '
+                     f'positions (max_position_embeddings); lower data.max_prompt_tokens / '
+                     f'data.max_response_tokens')
 
 
 class Trainer:
@@ -29,7 +41,12 @@ class Trainer:
     self.config = config
     # None on one device: then nothing below is placed and everything runs as it always has.
     self.mesh = parallel.mesh_from_config(config)
+    # Everything that needs no model is checked before the (slow) load.
+    read = read_concepts(config)
     if model is None:
+      check_spec(config.model)
+      if parallel.is_main_process():  # ~25 s for the embedded model: say what it waits on
+        print(f'loading {config.model} ...', flush=True)
       model = parallel.load_on_mesh(config.model, config.dtype, self.mesh)
     elif self.mesh is not None:  # frozen weights: FSDP over 'data', tensor parallel over 'model'
       model = dataclasses.replace(model, params=parallel.shard_params(model.params, self.mesh))
@@ -38,7 +55,8 @@ class Trainer:
     cfg = self.model.cfg
     self.layer = cfg.check_layer(int(config.layer))
     self.positions = steer.parse_positions(config.positions)
-    self.concepts = load_concepts(config, self.model.tokenizer)
+    self.concepts = load_concepts(config, self.model.tokenizer, read)
+    _check_context(cfg, self.concepts)
     if config.train.loss == 'simpo':
       self.concepts.losers = neutral_responses(self.model, self.concepts, config)
     self.num_concepts = len(self.concepts.ids)
@@ -149,7 +167,10 @@ class Trainer:
       return None
     bank = np.zeros((len(self.flat), width, self.width), dtype)
     order = np.argsort(data.example_lengths(self.flat))
-    for start in range(0, len(order), self.batch_size):
+    starts = tqdm(range(0, len(order), self.batch_size), desc=f'block-{self.layer} bank',
+                  unit='batch', leave=False, dynamic_ncols=True,
+                  disable=not parallel.is_main_process())
+    for start in starts:
       rows = order[start:start + self.batch_size]
       b = data.pad_batch([self.flat[r] for r in rows], self.pad_id, multiple)
       b = parallel.place_batch({k: b[k] for k in ('tokens', 'length')}, self.mesh)
@@ -187,7 +208,8 @@ class Trainer:
         state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank,
         cfg=self.model.cfg, layer=self.layer, positions=self.positions,
         loss_kind=self.config.train.loss, num_concepts=self.num_concepts,
-        optimizer=self.optimizer, response_width=width, remat=bool(self.config.train.remat))
+        optimizer=self.optimizer, response_width=width, remat=bool(self.config.train.remat),
+        max_param=optim.MAX_PARAM)  # read per call, so a test may lower it
     if self.mesh is not None:
       # The compiler may lay the new state out otherwise (e.g. directions split over D like
       # the FSDP weights); putting it back (a few K x D floats) keeps one compiled step.

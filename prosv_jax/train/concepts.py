@@ -50,7 +50,7 @@ def load_concepts(config, tokenizer) -> Concepts:
     if dcfg.max_examples:
       picked = picked.iloc[:dcfg.max_examples]
     examples.append(data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
-                                       dcfg.max_response_tokens))
+                                       dcfg.max_response_tokens, config.chat_template))
   counts = {cid: len(ex) for cid, ex in zip(ids, examples)}
   if len(set(counts.values())) > 1:
     raise ProsvError(f'concepts have different example counts {counts}; set '

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prosv_jax import chat, data, parallel, steer
+from prosv_jax import data, parallel, steer
 from prosv_jax.models.load import Model
 from prosv_jax.train import optim
 from prosv_jax.train.concepts import concept_seed, load_concepts, neutral_responses
@@ -32,7 +32,6 @@ class Trainer:
       model = parallel.load_on_mesh(config.model, config.dtype, self.mesh)
     elif self.mesh is not None:  # frozen weights: FSDP over 'data', tensor parallel over 'model'
       model = dataclasses.replace(model, params=parallel.shard_params(model.params, self.mesh))
-    chat.set_chat_template(model.tokenizer, config.chat_template)
     self.model = model
     cfg = self.model.cfg
     self.layer = cfg.check_layer(int(config.layer))

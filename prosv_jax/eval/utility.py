@@ -67,7 +67,6 @@ def _checked(model, vectors: SteeringVectors | None, concept) -> SteeringVectors
                      f'{type(vectors).__name__}; load them with prosv_jax.load_vectors or build '
                      'them with SteeringVectors.create')
   vectors.check_model(model.cfg)
-  vectors.parsed_positions  # pylint: disable=pointless-statement (fails naming the fix)
   return vectors.pick(concept)
 
 

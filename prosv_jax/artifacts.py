@@ -51,7 +51,8 @@ def save_vectors(folder, steer_params, config: dict | None = None) -> str:
   half-written file.
   """
   if isinstance(steer_params, SteeringVectors):
-    steer_params, config = steer_params.params(), steer_params.config
+    steer_params, config = ({'factor': steer_params.factor, 'direction': steer_params.direction},
+                            steer_params.config)
   factor, direction = checked_tensors(steer_params)
   count, width = direction.shape
   cfg = checked_config(config or {}, count, width)

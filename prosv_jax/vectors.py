@@ -24,7 +24,7 @@ from prosv_jax.errors import ProsvError
 _MAX_LISTED = 10  # concepts named in an index_of error before "... N more"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # arrays: == would be ambiguous
 class SteeringVectors:
   """Float32 tensors plus the steering config (the parsed steering_config.json).
 

@@ -4,18 +4,10 @@
   python launch/train.py --config=configs/demo.py --config.data.concepts=2   # another concept
 """
 
-from prosv_jax.train.config import base_config
+from prosv_jax.train.config import demo_config
 
 
 def get_config():
-  config = base_config()
-  config.workdir = 'workdirs/demo'
-  config.data.source = 'demo'  # prosv_jax/demo_data: 3 concepts x 40 examples
-  config.data.concepts = (0,)
-  config.train.epochs = 12  # 60 steps; 4 epochs (20 steps) did not yet bring the concept out
-  config.train.batch_size = 8
-  config.train.checkpoint_every = 10
-  config.show.num_instructions = 4
-  config.show.max_new_tokens = 48
+  config = demo_config()  # also prosv_jax.demo_config() in Python
   config.lock()
   return config

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import DEFAULT_MODEL, check_spec, load_model
-from prosv_jax.sampling import SamplingConfig, generate_text
+from prosv_jax.sampling import SamplingConfig, generate
 
 PROMPTS = flags.DEFINE_multi_string('prompt', ['What is the capital of France?'],
                                     'Instruction(s) to answer; repeat the flag for a batch.')
@@ -56,23 +56,18 @@ def main(argv):
     start = time.time()
     if vectors is None:
       with tqdm(total=1, desc='generating', unit='batch', leave=False) as bar:
-        answers = generate_text(model, PROMPTS.value, sampling=sampling, seed=SEED.value)
+        answers = generate(model, PROMPTS.value, sampling=sampling, seed=SEED.value)
         bar.update()
       for question, answer in zip(PROMPTS.value, answers):
         print(f'\n> {question}\n{answer.strip()}')
     else:
       from prosv_jax.sampling import show_generations
-      if vectors.width != model.cfg.hidden_size:
-        raise ProsvError(f'the vectors have width {vectors.width} but {spec} has width '
-                         f'{model.cfg.hidden_size}; use the model they were trained on')
-      from prosv_jax.chat import set_chat_template
-      set_chat_template(model.tokenizer, vectors.chat_template)  # as in training
-      k = 0 if CONCEPT.value is None else vectors.index_of(CONCEPT.value)
-      desc = vectors.concepts[k].get('description', '') if vectors.concepts else ''
-      print(f'steering with concept {k} ({desc}), factor {vectors.factor[k]:.2f}, '
-            f'{vectors.positions} at layer {vectors.layer}')
-      for q, plain, steered in show_generations(model, vectors.params(), k, vectors.layer,
-                                                vectors.positions, PROMPTS.value, MAX_NEW.value,
+      vectors.check_model(model.cfg)
+      k = vectors.index_of(0 if CONCEPT.value is None else CONCEPT.value)
+      print(f'steering with concept {k} ({vectors.concepts[k].get("description", "")}), '
+            f'factor {vectors.factor[k]:.2f}, {vectors.positions} at layer {vectors.layer}')
+      # The vectors carry their training chat template; show_generations applies it.
+      for q, plain, steered in show_generations(model, vectors, k, PROMPTS.value, MAX_NEW.value,
                                                 SEED.value, TEMPERATURE.value):
         print(f'\n> {q}\n  unsteered: {plain.strip()}\n  steered:   {steered.strip()}')
   except ProsvError as e:

@@ -18,11 +18,10 @@ cli.quiet()  # before anything imports transformers (its banner reads the enviro
 from absl import app, flags
 
 from prosv_jax import parallel
-from prosv_jax.chat import set_chat_template
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval.instructions import held_out_pool
 from prosv_jax.sampling import show_generations
-from prosv_jax.train.job import train_and_export
+from prosv_jax.train.job import train
 
 CONFIG = cli.define_config('config', 'configs/demo.py', 'Training config file.')
 MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Stop (checkpointed) after this many steps.')
@@ -59,7 +58,8 @@ def main(argv):
   try:
     parallel.maybe_initialize_distributed()  # before anything touches a device
     say = print if parallel.is_main_process() else lambda *args, **kwargs: None
-    summary = train_and_export(config, max_steps=MAX_STEPS.value)
+    trained = train(config, max_steps=MAX_STEPS.value)
+    summary = trained.summary
     if summary['steps'] < summary['total_steps']:
       say(f'stopped at step {summary["steps"]} of {summary["total_steps"]}; rerun the same '
           'command to resume')
@@ -68,18 +68,15 @@ def main(argv):
     if summary.get('already_finished'):  # no model load: see its answers with generate.py
       say(f'to see its answers: python launch/generate.py --vectors={config.workdir}/vectors')
     elif show.num_instructions:
-      from prosv_jax.artifacts import load_vectors
-      vectors = load_vectors(summary['artifacts']['vectors'])
-      model = parallel.load_on_mesh(config.model, config.dtype,
-                                    parallel.mesh_from_config(config))
-      set_chat_template(model.tokenizer, config.chat_template)
+      # The model and vectors the job just used: no second load, no re-read of what it wrote.
+      vectors = trained.vectors
       instructions = held_out_pool(config.data.source)[:show.num_instructions]
-      for k, (cid, desc) in enumerate(zip(summary['concept_ids'], summary['concepts'])):
-        say(f'\n=== concept {cid}: {desc} (factor {vectors.factor[k]:.2f}, '
-            f'{config.positions} at layer {config.layer}) ===')
+      for k, entry in enumerate(vectors.concepts):
+        say(f'\n=== concept {entry["concept_id"]}: {entry["description"]} (factor '
+            f'{vectors.factor[k]:.2f}, {vectors.positions} at layer {vectors.layer}) ===')
         for q, plain, steered in show_generations(
-            model, vectors.params(), k, config.layer, config.positions, instructions,
-            show.max_new_tokens, temperature=show.temperature):
+            trained.model, vectors, k, instructions, show.max_new_tokens,
+            temperature=show.temperature):
           say(f'\n> {q}\n  unsteered: {plain.strip()}\n  steered:   {steered.strip()}')
   except ProsvError as e:
     raise SystemExit(f'error: {e}') from None

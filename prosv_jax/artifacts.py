@@ -3,10 +3,11 @@
 A steering vector folder holds two files:
   steering_vectors.safetensors  tensors `factor` [C] and `direction` [C, n], float32
   steering_config.json          everything else: model, layer, positions, width, concepts
-                                ({index, concept_id, description} per row), the factor values,
-                                train_config, metrics and format_version
+                                ({index, concept_id, description} per row), chat_template,
+                                the factor values, training (config), metrics, format_version
 
 The tensors are the source of truth; the factor list in the JSON is there for people reading it.
+Both load as one prosv_jax.vectors.SteeringVectors (re-exported here).
 
 `export_control_vector` writes one concept as a llama.cpp / repeng control vector (GGUF).
 """
@@ -20,13 +21,17 @@ import secrets
 import warnings
 
 import gguf
-import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
 
 from prosv_jax import steer
 from prosv_jax.errors import ProsvError
+# The type lives in prosv_jax.vectors; it is re-exported here, where save and load are.
+from prosv_jax.vectors import SteeringVectors, checked_config, checked_tensors
+
+__all__ = ['SteeringVectors', 'save_vectors', 'load_vectors', 'export_control_vector',
+           'read_control_vector']
 
 VECTORS_FILE = 'steering_vectors.safetensors'
 CONFIG_FILE = 'steering_config.json'
@@ -34,102 +39,25 @@ FORMAT_VERSION = 1
 CONTROL_VECTOR_ARCH = 'controlvector'
 
 _RESAVE = 're-save it with prosv_jax.artifacts.save_vectors'
-_MAX_LISTED = 10  # concepts named in an index_of error before "... N more"
 
 
-@dataclasses.dataclass
-class SteeringVectors:
-  """A loaded steering vector set: float32 tensors plus the parsed steering_config.json."""
-  factor: np.ndarray  # [C]
-  direction: np.ndarray  # [C, n]
-  config: dict
-
-  @property
-  def layer(self) -> int | None:
-    return self.config.get('layer')
-
-  @property
-  def positions(self) -> str | None:
-    return self.config.get('positions')
-
-  @property
-  def width(self) -> int:
-    return int(self.direction.shape[1])
-
-  @property
-  def model(self):
-    return self.config.get('model')
-
-  @property
-  def chat_template(self) -> str:
-    """The training run's config.chat_template ('' = the tokenizer's own), so prompts at
-    generation and evaluation are templated as in training."""
-    return (self.config.get('training') or {}).get('chat_template', '') or ''
-
-  @property
-  def concepts(self) -> list[dict]:
-    return self.config['concepts']
-
-  def params(self) -> dict:
-    """{'factor', 'direction'} as jax arrays, ready for prosv_jax.steer."""
-    return {'factor': jnp.asarray(self.factor), 'direction': jnp.asarray(self.direction)}
-
-  def index_of(self, concept: int | str) -> int:
-    """Row index of a concept.
-
-    An int is the row index itself. A str matches a concept_id (compared as text, so AxBench's
-    integer ids are passed as e.g. '12'), then a description exactly, then ignoring case.
-    """
-    count = len(self.factor)
-    if isinstance(concept, (int, np.integer)) and not isinstance(concept, bool):
-      if 0 <= concept < count:
-        return int(concept)
-      raise ProsvError(f'concept index {concept} is out of range; this set has {count} '
-                       f'concepts: {self._listing()}')
-    if not isinstance(concept, str):
-      raise ProsvError(f'concept must be an int index or a str concept_id/description, '
-                       f'got {type(concept).__name__}; available: {self._listing()}')
-    entries = self.concepts
-    by_id = [i for i, c in enumerate(entries)
-             if c.get('concept_id') is not None and str(c['concept_id']) == concept]
-    by_text = [i for i, c in enumerate(entries) if c.get('description') == concept]
-    folded = concept.strip().casefold()
-    by_folded = [i for i, c in enumerate(entries)
-                 if str(c.get('description') or '').strip().casefold() == folded]
-    for matches in (by_id, by_text, by_folded):
-      if len(matches) == 1:
-        return matches[0]
-      if len(matches) > 1:
-        raise ProsvError(f'concept {concept!r} matches rows {matches}; pass the row index '
-                         f'instead; available: {self._listing()}')
-    raise ProsvError(f'no concept {concept!r} in this set; pass a row index, concept_id or '
-                     f'description; available: {self._listing()}')
-
-  def _listing(self) -> str:
-    parts = []
-    for i, c in enumerate(self.concepts[:_MAX_LISTED]):
-      label = f'{i}'
-      if c.get('concept_id') is not None:
-        label += f' (id {c["concept_id"]})'
-      if c.get('description'):
-        label += f' {c["description"]!r}'
-      parts.append(label)
-    more = len(self.concepts) - _MAX_LISTED
-    return ', '.join(parts) + (f', ... {more} more' if more > 0 else '')
-
-
-def save_vectors(folder, steer_params: dict, config: dict) -> str:
+def save_vectors(folder, steer_params, config: dict | None = None) -> str:
   """Writes steering_vectors.safetensors and steering_config.json into `folder`; returns it.
 
-  `config` holds model, layer, positions, concepts, train_config, metrics (any extra keys are
-  kept). width, factor and format_version are filled in from the tensors. Each file is written
+  `steer_params` is a SteeringVectors (its config is written) or a raw {'factor', 'direction'}
+  dict with `config`: model, layer, positions, concepts, chat_template, training, metrics (any
+  extra keys are kept). width, factor and format_version are filled in from the tensors. Each file is written
   under a temporary name and moved into place with os.replace, so a reader never sees a
   half-written file.
   """
-  factor, direction = _checked_tensors(steer_params)
+  if isinstance(steer_params, SteeringVectors):
+    steer_params, config = ({'factor': steer_params.factor, 'direction': steer_params.direction},
+                            steer_params.config)
+  factor, direction = checked_tensors(steer_params)
   count, width = direction.shape
-  cfg = _checked_config(config, count, width)
+  cfg = checked_config(config or {}, count, width)
   cfg['factor'] = [float(x) for x in factor]  # float32 -> float64 is exact
+  cfg.pop('format_version', None)  # a loaded set is written in this version
   cfg = {'format_version': FORMAT_VERSION, **cfg}
   try:
     text = json.dumps(cfg, indent=2, default=_json_default) + '\n'
@@ -210,7 +138,7 @@ def export_control_vector(path, steer_params, layer: int, concept: int | str = 0
       warnings.warn(f'these vectors were trained at positions {vectors.positions!r}, but '
                     f'llama.cpp applies control vectors at every token', stacklevel=2)
     steer_params = vectors.params()
-  factor, direction = _checked_tensors(steer_params)
+  factor, direction = checked_tensors(steer_params)
   if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
     raise ProsvError(f'layer must be a 0-indexed block number >= 1, got {layer!r}')
   if layer == 0:
@@ -286,71 +214,6 @@ def read_control_vector(path) -> dict[int, np.ndarray]:
   if not vectors:
     raise ProsvError(f'{path} holds no direction tensors; pass a control vector file')
   return vectors
-
-
-def _checked_tensors(steer_params) -> tuple[np.ndarray, np.ndarray]:
-  """float32 numpy factor [C], direction [C, n], or a ProsvError naming the bad shape."""
-  if not isinstance(steer_params, dict) or not {'factor', 'direction'} <= steer_params.keys():
-    raise ProsvError("steering params must be a dict with 'factor' [C] and 'direction' [C, n]")
-  factor = np.asarray(steer_params['factor']).astype(np.float32)
-  direction = np.asarray(steer_params['direction']).astype(np.float32)
-  if factor.ndim != 1 or direction.ndim != 2:
-    raise ProsvError(f'steering params need factor [C] and direction [C, n], got factor '
-                     f'{list(factor.shape)} and direction {list(direction.shape)}')
-  if factor.shape[0] != direction.shape[0] or factor.shape[0] == 0 or direction.shape[1] == 0:
-    raise ProsvError(f'factor {list(factor.shape)} and direction {list(direction.shape)} '
-                     f'must share a concept count C >= 1 and have width n >= 1')
-  if not (np.isfinite(factor).all() and np.isfinite(direction).all()):
-    raise ProsvError('steering params hold NaN or inf (training diverged); lower the learning '
-                     'rate or save an earlier checkpoint')
-  return factor, direction
-
-
-def _checked_config(config: dict, count: int, width: int) -> dict:
-  """A copy of `config` with width and concepts filled in and checked against the tensors."""
-  if not isinstance(config, dict):
-    raise ProsvError(f'steering config must be a dict, got {type(config).__name__}')
-  cfg = dict(config)
-  if cfg.get('width') is not None and cfg['width'] != width:
-    raise ProsvError(f"config width {cfg['width']} does not match direction width {width}; "
-                     f'save the vectors trained for this model')
-  cfg['width'] = width
-  layer = cfg.get('layer')
-  if layer is not None and (isinstance(layer, bool) or not isinstance(layer, (int, np.integer))
-                            or layer < 0):
-    raise ProsvError(f'config layer must be a 0-indexed block number, got {layer!r}')
-  if layer is not None:
-    cfg['layer'] = int(layer)
-  if cfg.get('positions') is not None:
-    if not isinstance(cfg['positions'], str):
-      raise ProsvError(f"config positions must be a spec string like 'p2+s2' or 'all', "
-                       f"got {cfg['positions']!r}")
-    steer.parse_positions(cfg['positions'])  # fails naming the valid forms
-  cfg['concepts'] = _checked_concepts(cfg.get('concepts'), count)
-  return cfg
-
-
-def _checked_concepts(concepts, count: int) -> list[dict]:
-  if concepts is None:
-    return [{'index': i, 'concept_id': None, 'description': ''} for i in range(count)]
-  if not isinstance(concepts, (list, tuple)) or len(concepts) != count:
-    got = len(concepts) if isinstance(concepts, (list, tuple)) else type(concepts).__name__
-    raise ProsvError(f'config concepts has {got} entries but the tensors hold {count} '
-                     f'concepts; pass one {{index, concept_id, description}} per row')
-  out = []
-  for i, c in enumerate(concepts):
-    if isinstance(c, str):
-      c = {'description': c}
-    if not isinstance(c, dict):
-      raise ProsvError(f'config concepts[{i}] is {c!r}; pass a dict with index, concept_id '
-                       f'and description')
-    if c.get('index', i) != i:
-      raise ProsvError(f"config concepts[{i}] has index {c['index']}; list concepts in row "
-                       f'order')
-    out.append({'index': i, 'concept_id': c.get('concept_id'),
-                'description': c.get('description', ''),
-                **{k: v for k, v in c.items() if k not in ('index', 'concept_id', 'description')}})
-  return out
 
 
 def _json_default(obj):

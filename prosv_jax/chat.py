@@ -1,4 +1,9 @@
-"""Chat-template prompts as token ids: the one place instructions become model input."""
+"""Chat-template prompts as token ids: the one place instructions become model input.
+
+The template travels with each call (never set on the tokenizer): one tokenizer is shared by
+callers that need different templates, e.g. an evaluation of vectors trained with 'gemma' next
+to a judge that uses the model's own.
+"""
 
 from prosv_jax.errors import ProsvError
 
@@ -13,25 +18,27 @@ TEMPLATES = {
 }
 
 
-def require_chat_template(tokenizer) -> None:
-  if not getattr(tokenizer, 'chat_template', None):
+def template_text(tokenizer, template: str = '') -> str:
+  """The Jinja text to render: '' = the tokenizer's own, a TEMPLATES name, or Jinja text."""
+  text = TEMPLATES.get(template, template) if template else getattr(tokenizer, 'chat_template',
+                                                                    None)
+  if not text:
     raise ProsvError('the tokenizer has no chat template; use an instruction-tuned model, or set '
                      f'--config.chat_template to one of {", ".join(TEMPLATES)} or a Jinja '
                      'template')
+  return text
 
 
-def set_chat_template(tokenizer, template: str) -> None:
-  """Gives the tokenizer a template: a TEMPLATES name or Jinja text ('' leaves it as it is)."""
-  if template:
-    tokenizer.chat_template = TEMPLATES.get(template, template)
+def chat_prompt_text(tokenizer, instruction: str, template: str = '') -> str:
+  """The templated user turn with the generation prompt (BOS included if the template has one).
 
-
-def chat_prompt_text(tokenizer, instruction: str) -> str:
-  """The templated user turn with the generation prompt (BOS included if the template has one)."""
-  require_chat_template(tokenizer)
+  template: '' = the tokenizer's own, a name from TEMPLATES, or Jinja text.
+  """
+  text = template_text(tokenizer, template)
   try:
     return tokenizer.apply_chat_template([{'role': 'user', 'content': instruction}],
-                                         add_generation_prompt=True, tokenize=False)
+                                         chat_template=text, add_generation_prompt=True,
+                                         tokenize=False)
   except Exception as e:  # jinja2's errors: a broken template from config.chat_template
     if type(e).__module__.split('.')[0] != 'jinja2':
       raise
@@ -40,7 +47,7 @@ def chat_prompt_text(tokenizer, instruction: str) -> str:
                      f'{", ".join(TEMPLATES)}') from None
 
 
-def chat_prompt_ids(tokenizer, instruction: str) -> list[int]:
+def chat_prompt_ids(tokenizer, instruction: str, template: str = '') -> list[int]:
   # The template already writes BOS where the model wants one; don't let encode add another.
-  text = chat_prompt_text(tokenizer, instruction)
+  text = chat_prompt_text(tokenizer, instruction, template)
   return tokenizer.encode(text, add_special_tokens=False)

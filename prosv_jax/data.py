@@ -202,8 +202,10 @@ class Example:
 
 
 def tokenize_rows(tokenizer, rows: pd.DataFrame, concept: int, max_prompt_tokens: int = 512,
-                  max_response_tokens: int = 128) -> list[Example]:
+                  max_response_tokens: int = 128, chat_template: str = '') -> list[Example]:
   """Token ids for each row of one concept (rows as concept_rows returns them).
+
+  chat_template: '' = the tokenizer's own, a name from chat.TEMPLATES, or Jinja text.
 
   Raises:
     ProsvError: a templated prompt is longer than max_prompt_tokens (it is never cut: the
@@ -214,7 +216,7 @@ def tokenize_rows(tokenizer, rows: pd.DataFrame, concept: int, max_prompt_tokens
                      f'({max_response_tokens}) must be at least 1')
   examples = []
   for label, instruction, output in zip(rows.index, rows['input'], rows['output']):
-    prompt = chat_prompt_ids(tokenizer, instruction)
+    prompt = chat_prompt_ids(tokenizer, instruction, chat_template)
     if len(prompt) > max_prompt_tokens:
       raise ProsvError(f'row {label} (concept {concept}): the templated prompt is {len(prompt)} '
                        f'tokens, over max_prompt_tokens={max_prompt_tokens}; raise '

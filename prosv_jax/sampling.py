@@ -166,30 +166,56 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
 
 
 def generate_text(model, instructions: list[str], *, sampling: SamplingConfig = SamplingConfig(),
-                  seed: int = 0, **steer_kwargs) -> list[str]:
-  """Chat-templated generation for a loaded Model; steer_kwargs go to generate_ids."""
+                  seed: int = 0, chat_template: str = '', **steer_kwargs) -> list[str]:
+  """Chat-templated generation for a loaded Model; steer_kwargs go to generate_ids.
+
+  chat_template: '' = the tokenizer's own, a name from chat.TEMPLATES, or Jinja text.
+  """
   from prosv_jax.chat import chat_prompt_ids
-  prompts = [chat_prompt_ids(model.tokenizer, x) for x in instructions]
+  prompts = [chat_prompt_ids(model.tokenizer, x, chat_template) for x in instructions]
   ids = generate_ids(model.params, model.cfg, prompts, sampling=sampling, seed=seed,
                      **steer_kwargs)
   return [model.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
 
-def show_generations(model, params, concept: int, layer: int, positions: str,
-                     instructions: list[str], max_new_tokens: int, seed: int = 0,
+def generate(model, instructions, vectors=None, concept: int | str = 0, *,
+             multiplier: float = 1.0, sampling: SamplingConfig = SamplingConfig(),
+             seed: int = 0, chat_template: str | None = None) -> list[str]:
+  """Answers to instructions (a list, or one str), steered with one concept of `vectors`.
+
+  vectors: a SteeringVectors, or None for unsteered answers. concept: its row index,
+  concept_id or description. multiplier: times the trained factor. chat_template: None = the
+  vectors' own (the one they were trained with; the tokenizer's without vectors), else '' (the
+  tokenizer's), a name from chat.TEMPLATES or Jinja text.
+  """
+  if isinstance(instructions, str):
+    instructions = [instructions]
+  if not instructions:
+    raise ProsvError('generate needs at least one instruction')
+  if chat_template is None:
+    chat_template = vectors.chat_template if vectors is not None else ''
+  kwargs = {}
+  if vectors is not None:
+    vectors.check_model(model.cfg)
+    kwargs = vectors.generation_kwargs([concept] * len(instructions), multiplier)
+  return generate_text(model, list(instructions), sampling=sampling, seed=seed,
+                       chat_template=chat_template, **kwargs)
+
+
+def show_generations(model, vectors, concept: int | str, instructions: list[str],
+                     max_new_tokens: int, seed: int = 0,
                      temperature: float = 0.0) -> list[tuple[str, str, str]]:
-  """(instruction, unsteered answer, steered answer) for each instruction."""
-  from prosv_jax import steer  # pylint: disable=import-outside-toplevel
+  """(instruction, unsteered answer, steered answer) for each instruction; both answers use
+  the vectors' chat template, so they differ only by the steering."""
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+  template = vectors.chat_template
   # Two batched calls, each a minute or more on CPU with its compile: say which one runs.
   with tqdm(total=2, desc=f'concept {concept}: generating unsteered', unit='batch',
             leave=False, dynamic_ncols=True, disable=not parallel.is_main_process()) as bar:
-    plain = generate_text(model, instructions, sampling=sampling, seed=seed)
+    plain = generate(model, instructions, sampling=sampling, seed=seed, chat_template=template)
     bar.update()
     bar.set_description(f'concept {concept}: generating steered')
-    kwargs = steer.generation_kwargs(params, concept, layer, steer.parse_positions(positions),
-                                     len(instructions))
-    steered = generate_text(model, instructions, sampling=sampling, seed=seed, **kwargs)
+    steered = generate(model, instructions, vectors, concept, sampling=sampling, seed=seed)
     bar.update()
   return list(zip(instructions, plain, steered))

@@ -32,10 +32,6 @@ class Positions:
   whole_prompt: bool = False
   full_sequence: bool = False  # prompt, response, and every generated token
 
-  @property
-  def prompt_only(self) -> bool:
-    return not self.full_sequence
-
 
 def parse_positions(spec: str) -> Positions:
   """'p2+s2' -> Positions(first=2, last=2); anything else invalid fails naming the valid forms."""
@@ -101,9 +97,13 @@ def vector(steer_params: dict, concept: int = 0) -> np.ndarray:
   return np.asarray(steer_params['factor'][concept] * steer_params['direction'][concept])
 
 
-def generation_kwargs(steer_params: dict, concept: int, layer: int, positions: Positions,
+def generation_kwargs(steer_params: dict, concept, layer: int, positions: Positions,
                       batch: int) -> dict:
-  """Keyword arguments for sampling.generate_ids that steer every row with one concept.
+  """Keyword arguments for sampling.generate_ids: every row steered with `concept` (a row
+  index), or row b with concept[b] (a list of indices, one per row).
+
+  (SteeringVectors.generation_kwargs is the user-facing form: concepts by id or description,
+  per-row factor multipliers.)
 
   Prompt-only specs edit their prompt positions during prefill only; 'all' edits every prompt
   token and every decode step.
@@ -111,5 +111,8 @@ def generation_kwargs(steer_params: dict, concept: int, layer: int, positions: P
   def mask_fn(lengths, width):  # prompts arrive left-padded
     return position_mask(positions, lengths, lengths, width, pad_left=width - lengths)
 
-  return dict(steer=steer_fn(steer_params, [concept] * batch), steer_mask_fn=mask_fn,
+  concepts = [concept] * batch if isinstance(concept, (int, np.integer)) else list(concept)
+  if len(concepts) != batch:
+    raise ProsvError(f'{len(concepts)} concepts for a batch of {batch}; pass one per row')
+  return dict(steer=steer_fn(steer_params, concepts), steer_mask_fn=mask_fn,
               steer_layer=layer, steer_decode=positions.full_sequence)

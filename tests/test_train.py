@@ -285,3 +285,32 @@ def test_remat_gives_the_same_parameters(tmp_path, tiny_model, tiny_model_path):
   fb, db = final_params(tmp_path / 'b')
   np.testing.assert_allclose(fb, fa, rtol=1e-5)
   np.testing.assert_allclose(db, da, rtol=1e-4, atol=1e-6)
+
+
+def test_train_returns_the_exported_vectors_and_its_model(tmp_path, tiny_model, tiny_model_path):
+  from prosv_jax.train.job import train
+  config = tiny_config(tiny_model_path, tmp_path / 'r', **{'data.concepts': (0, 1)})
+  trained = train(config, tiny_model)
+  assert trained.model is tiny_model  # what launch/train.py shows generations with, no reload
+  saved = load_vectors(trained.summary['artifacts']['vectors'])
+  np.testing.assert_array_equal(trained.vectors.factor, saved.factor)
+  np.testing.assert_array_equal(trained.vectors.direction, saved.direction)
+  for key in ('layer', 'positions', 'model', 'chat_template', 'concepts'):
+    assert getattr(trained.vectors, key) == getattr(saved, key), key
+  assert [c['concept_id'] for c in saved.concepts] == [0, 1]
+  assert saved.config['training']['train']['epochs'] == 2
+  stopped = train(tiny_config(tiny_model_path, tmp_path / 's'), tiny_model, max_steps=1)
+  assert stopped.vectors is None and 'artifacts' not in stopped.summary
+
+
+def test_training_prompts_use_the_config_template_without_touching_the_tokenizer(
+    tiny_model, tiny_model_path, tmp_path):
+  from prosv_jax.chat import chat_prompt_ids
+  tok = tiny_model.tokenizer
+  own = tok.chat_template
+  trainer = Trainer(tiny_config(tiny_model_path, tmp_path / 'g', chat_template='gemma'),
+                    tiny_model)
+  example = trainer.concepts.examples[0][0]
+  assert example.prompt.tolist() == chat_prompt_ids(tok, example.instruction, 'gemma')
+  assert example.prompt.tolist() != chat_prompt_ids(tok, example.instruction)
+  assert tok.chat_template == own  # the shared tokenizer keeps its own template

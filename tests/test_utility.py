@@ -14,9 +14,10 @@ from prosv_jax import steer as steering
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import utility
-from prosv_jax.eval.utility import MathProblem, MultipleChoice, Steer
+from prosv_jax.eval.utility import MathProblem, MultipleChoice
 from prosv_jax.models import transformer
 from prosv_jax.sampling import SamplingConfig, generate_text
+from prosv_jax.vectors import SteeringVectors
 
 # --- fixture files ---------------------------------------------------------------
 
@@ -229,9 +230,17 @@ ROWS = pd.DataFrame({
 
 
 def make_steer(model, scale, spec, concept=1, layer=1, seed=0):
+  """The keyword arguments of a steered call: a two-concept set and the concept to use."""
   direction = jax.random.normal(jax.random.key(seed), (2, model.cfg.hidden_size))
-  params = {'factor': jnp.full((2,), scale, jnp.float32), 'direction': direction}
-  return Steer(params, concept, layer, spec)
+  vectors = SteeringVectors.create(np.full((2,), scale, np.float32), direction, layer=layer,
+                                   positions=spec)
+  return {'vectors': vectors, 'concept': concept}
+
+
+def seam_of(steer):
+  """(params, concept row, layer, Positions) of make_steer's keyword arguments, for hand checks."""
+  v = steer['vectors']
+  return v.params(), v.index_of(steer['concept']), v.layer, v.parsed_positions
 
 
 def direct_nll(model, instruction, output, steer=None):
@@ -243,8 +252,9 @@ def direct_nll(model, instruction, output, steer=None):
   pos, valid = transformer.positions_from_lengths(jnp.asarray([t]), t, left_padded=False)
   seam = {}
   if steer is not None:
-    mask = hand_mask(steer.positions, len(prompt), t)
-    seam = dict(steer=steering.steer_fn(steer.params, [steer.concept]), steer_layer=steer.layer,
+    params, concept, layer, positions = seam_of(steer)
+    mask = hand_mask(positions, len(prompt), t)
+    seam = dict(steer=steering.steer_fn(params, [concept]), steer_layer=layer,
                 steer_mask=jnp.asarray(mask[None]))
   logits = transformer.forward(model.params, model.cfg, tokens, pos, valid, **seam).logits[0]
   logp = jax.nn.log_softmax(logits, axis=-1)
@@ -268,7 +278,7 @@ def hand_mask(positions, prompt_len, total):
 
 @pytest.mark.parametrize('spec', ['p2+s2', 'all'])
 def test_zero_factor_costs_exactly_nothing(tiny, spec):
-  result = utility.loglik_loss(tiny, ROWS, make_steer(tiny, 0.0, spec), batch_size=2)
+  result = utility.loglik_loss(tiny, ROWS, **make_steer(tiny, 0.0, spec), batch_size=2)
   assert result['loss'] == 0.0
   assert result['nll_steered'] == result['nll_unsteered']
   assert result['rows'] == 3 and result['tokens'] == sum(
@@ -288,7 +298,7 @@ def own_answers(tiny):
 
 @pytest.mark.parametrize('spec', ['p2+s2', 'all'])
 def test_large_random_vector_costs_likelihood(tiny, own_answers, spec):
-  result = utility.loglik_loss(tiny, own_answers, make_steer(tiny, 50.0, spec), batch_size=2)
+  result = utility.loglik_loss(tiny, own_answers, **make_steer(tiny, 50.0, spec), batch_size=2)
   assert result['loss'] > 0.0, result
   assert result['loss'] == pytest.approx(result['nll_steered'] - result['nll_unsteered'])
 
@@ -298,11 +308,11 @@ def test_nll_matches_a_direct_forward(tiny, spec):
   steer = make_steer(tiny, 3.0, spec)
   per_row = [direct_nll(tiny, x, y, steer) for x, y in zip(ROWS['input'], ROWS['output'])]
   plain = [direct_nll(tiny, x, y) for x, y in zip(ROWS['input'], ROWS['output'])]
-  one = utility.loglik_loss(tiny, ROWS.iloc[[1]], steer)
+  one = utility.loglik_loss(tiny, ROWS.iloc[[1]], **steer)
   np.testing.assert_allclose(one['nll_steered'], per_row[1][0], rtol=1e-5)
   np.testing.assert_allclose(one['nll_unsteered'], plain[1][0], rtol=1e-5)
   # Three rows in batches of two: the filled-in repeat of the last batch must not count.
-  every = utility.loglik_loss(tiny, ROWS, steer, batch_size=2)
+  every = utility.loglik_loss(tiny, ROWS, **steer, batch_size=2)
   weights = np.array([n for _, n in per_row])
   np.testing.assert_allclose(every['nll_steered'],
                              np.dot([v for v, _ in per_row], weights) / weights.sum(), rtol=1e-5)
@@ -333,15 +343,15 @@ def test_negative_rows():
 
 def test_bad_steers_are_rejected(tiny):
   with pytest.raises(ProsvError, match=r'pick a layer in 0\.\.2'):
-    utility.loglik_loss(tiny, ROWS, make_steer(tiny, 1.0, 'all', layer=3))
-  with pytest.raises(ProsvError, match=r'concept 2 is out of range; .* 2 concept\(s\), 0\.\.1'):
-    utility.multiple_choice_accuracy(tiny, MC_WANT, make_steer(tiny, 1.0, 'all', concept=2))
-  wrong = Steer({'factor': jnp.ones(1), 'direction': jnp.ones((1, 7))}, 0, 1, 'all')
-  with pytest.raises(ProsvError, match=r'direction \(1, 7\); this model needs .*\[C, 64\]'):
+    utility.loglik_loss(tiny, ROWS, **make_steer(tiny, 1.0, 'all', layer=3))
+  with pytest.raises(ProsvError, match=r'concept index 2 is out of range; this set has 2 concepts'):
+    utility.multiple_choice_accuracy(tiny, MC_WANT, **make_steer(tiny, 1.0, 'all', concept=2))
+  wrong = SteeringVectors.create(np.ones(1), np.ones((1, 7)), layer=1, positions='all')
+  with pytest.raises(ProsvError, match=r'the vectors have width 7 but the model has width 64'):
     utility.gsm8k_accuracy(tiny, [MathProblem('a', '1')], wrong)
   with pytest.raises(ProsvError, match='valid forms'):
-    Steer({}, 0, 1, 'first2')
-  with pytest.raises(ProsvError, match='steer must be a Steer or None'):
+    SteeringVectors.create(np.ones(1), np.ones((1, 64)), layer=1, positions='first2')
+  with pytest.raises(ProsvError, match='vectors must be a SteeringVectors or None'):
     utility.loglik_loss(tiny, ROWS, ({}, 0, 1, 'all'))
 
 
@@ -358,8 +368,9 @@ def brute_force_letter_logprobs(model, question, steer):
   pos, valid = transformer.positions_from_lengths(jnp.asarray([t]), t, left_padded=False)
   seam = {}
   if steer is not None:
-    seam = dict(steer=steering.steer_fn(steer.params, [steer.concept]), steer_layer=steer.layer,
-                steer_mask=jnp.asarray(hand_mask(steer.positions, t, t)[None]))
+    params, concept, layer, positions = seam_of(steer)
+    seam = dict(steer=steering.steer_fn(params, [concept]), steer_layer=layer,
+                steer_mask=jnp.asarray(hand_mask(positions, t, t)[None]))
   logits = transformer.forward(model.params, model.cfg, jnp.asarray([prompt]), pos, valid,
                                **seam).logits[0, -1]
   ids = model.tokenizer.convert_tokens_to_ids(list('ABCD'[:len(question.choices)]))
@@ -369,7 +380,7 @@ def brute_force_letter_logprobs(model, question, steer):
 @pytest.mark.parametrize('spec', [None, 'p2+s2', 'all'])
 def test_multiple_choice_equals_a_brute_force_single_row(tiny, spec):
   steer = None if spec is None else make_steer(tiny, 20.0, spec)
-  result = utility.multiple_choice_accuracy(tiny, TINY_MC, steer, batch_size=2)
+  result = utility.multiple_choice_accuracy(tiny, TINY_MC, **(steer or {}), batch_size=2)
   assert result['n'] == 3 and len(result['predictions']) == 3
   for q, pred, scores in zip(TINY_MC, result['predictions'], result['scores']):
     assert 0 <= pred < len(q.choices)
@@ -382,7 +393,7 @@ def test_multiple_choice_equals_a_brute_force_single_row(tiny, spec):
 
 def test_steering_changes_multiple_choice_scores(tiny):
   plain = utility.multiple_choice_accuracy(tiny, TINY_MC)
-  steered = utility.multiple_choice_accuracy(tiny, TINY_MC, make_steer(tiny, 20.0, 'all'))
+  steered = utility.multiple_choice_accuracy(tiny, TINY_MC, **make_steer(tiny, 20.0, 'all'))
   assert not np.allclose(plain['scores'][0], steered['scores'][0])
 
 
@@ -399,13 +410,13 @@ def test_gsm8k_runs_on_the_tiny_model(tiny, spec):
   steer = None if spec is None else make_steer(tiny, 5.0, spec)
   problems = [MathProblem('one and two ?', '3'), MathProblem('the cat sat on 2 mats', '2'),
               MathProblem('hello', '7')]
-  result = utility.gsm8k_accuracy(tiny, problems, steer, max_new_tokens=6, batch_size=2)
+  result = utility.gsm8k_accuracy(tiny, problems, **(steer or {}), max_new_tokens=6, batch_size=2)
   assert result['n'] == 3 and len(result['outputs']) == 3
   assert all(isinstance(o, str) for o in result['outputs'])
   assert result['predictions'] == [utility.extract_number(o) for o in result['outputs']]
   assert 0.0 <= result['accuracy'] <= 1.0
   # The same prompt alone gives the same greedy text: batching and filling change nothing.
-  alone = utility.gsm8k_accuracy(tiny, problems[2:], steer, max_new_tokens=6)
+  alone = utility.gsm8k_accuracy(tiny, problems[2:], **(steer or {}), max_new_tokens=6)
   assert alone['outputs'] == result['outputs'][2:]
 
 
@@ -440,15 +451,14 @@ def test_smollm_letter_scores_agree_with_greedy_generation(smollm, spec):
   steer = None
   if spec is not None:
     direction = jax.random.normal(jax.random.key(0), (1, smollm.cfg.hidden_size))
-    steer = Steer({'factor': jnp.full((1,), 4.0), 'direction': direction}, 0, 10, spec)
+    steer = SteeringVectors.create(np.full((1,), 4.0), direction, layer=10, positions=spec)
   result = utility.multiple_choice_accuracy(smollm, EASY_MC, steer)
   assert result['n'] == 3 and all(0 <= p < 4 for p in result['predictions'])
   assert result['accuracy'] in (0.0, 1 / 3, 2 / 3, 1.0)
   letters = utility.letter_token_ids(smollm.tokenizer, 4)
   for q, pred in zip(EASY_MC, result['predictions']):
     prompt = chat_prompt_ids(smollm.tokenizer, utility.multiple_choice_prompt(q))
-    seam = {} if steer is None else steering.generation_kwargs(
-        steer.params, 0, steer.layer, steer.positions, 1)
+    seam = {} if steer is None else steer.generation_kwargs([0])
     first, = sampling.generate_ids(smollm.params, smollm.cfg, [prompt],
                                    sampling=SamplingConfig(max_new_tokens=1), **seam)
     assert first and first[0] in letters, smollm.tokenizer.decode(first)

@@ -21,6 +21,10 @@ def eval_config() -> ml_collections.ConfigDict:
   c.data.concepts = (0,)  # AxBench concept ids to evaluate
 
   c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid
+  # The unsteered and prompting baselines' chat template (vector methods always use the one
+  # their vectors were trained with): 'vectors' = that same one (the vector sets must agree),
+  # '' = the tokenizer's own, a name from prosv_jax.chat.TEMPLATES, or Jinja text.
+  c.chat_template = 'vectors'
 
   c.vectors = ml_collections.ConfigDict()
   c.vectors.prosv = ''  # folder of trained PrOSV vectors ('' = train them into workdir/train_prosv)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from prosv_jax import chat, data
+from prosv_jax import data
 from prosv_jax.train import config as train_config
 from prosv_jax.artifacts import load_vectors
 from prosv_jax.errors import ProsvError
@@ -93,25 +93,44 @@ def concept_descriptions(config) -> dict[int, str]:
 def vectors_for(method: str, config, model):
   """The method's trained vectors: the configured folder, or trained here first (resumable)."""
   folder = config.vectors[method]
-  if not folder:
+  if folder:
+    vectors = load_vectors(folder)
+  else:
     c = train_config.method_config(method)
     c.model, c.dtype, c.layer = config.model, config.dtype, config.layer
+    if config.chat_template != 'vectors':  # a base model: train with the template evaluated
+      c.chat_template = config.chat_template
     c.data.source, c.data.metadata = config.data.source, config.data.metadata
     c.data.concepts = tuple(int(x) for x in config.data.concepts)
     c.data.max_examples = int(config.train.max_examples)
     c.train.epochs = int(config.train.epochs)
     c.workdir = os.path.join(config.workdir, f'train_{method}')
     print(f'training {method} vectors for concepts {list(c.data.concepts)} in {c.workdir}')
-    from prosv_jax.train.job import train_and_export
-    summary = train_and_export(c, model)
-    folder = summary['artifacts']['vectors']
-  vectors = load_vectors(folder)
+    from prosv_jax.train.job import train
+    vectors, folder = train(c, model).vectors, c.workdir
   for cid in config.data.concepts:
     vectors.index_of(str(int(cid)))  # a clear error now, not after an hour of generation
   if vectors.model and vectors.model != config.model:
     raise ProsvError(f'{folder} was trained on {vectors.model!r}, this evaluation loads '
                      f'{config.model!r}; set --config.model={vectors.model}')
   return vectors
+
+
+def baseline_template(config, vectors: dict) -> str:
+  """The chat template of the unsteered and prompting baselines (and the utility's own answers).
+
+  Vector methods are always prompted with their own vectors' template. The baselines take
+  config.chat_template; 'vectors' (the default) means the template the evaluated vectors were
+  trained with, so every method sees the same prompt format, and they must agree on it.
+  """
+  if config.chat_template != 'vectors':
+    return config.chat_template
+  used = {m: v.chat_template for m, v in vectors.items()}
+  if len(set(used.values())) > 1:
+    raise ProsvError(f'the vector sets were trained with different chat templates '
+                     f'({", ".join(f"{m}: {t[:40]!r}" for m, t in used.items())}); set '
+                     f'--config.chat_template for the unsteered and prompting baselines')
+  return next(iter(used.values()), '')  # no vectors: the tokenizer's own
 
 
 def make_judge(config, model):
@@ -276,7 +295,7 @@ def _grid_results(selected):
   return out
 
 
-def _own_answers(model, rows, workdir, max_new_tokens: int = 128):
+def _own_answers(model, rows, workdir, chat_template: str, max_new_tokens: int = 128):
   """The rows with `output` replaced by this model's own greedy unsteered answer.
 
   AxBench's negatives are the answers of the model its data was made for (gemma-2); the
@@ -289,7 +308,7 @@ def _own_answers(model, rows, workdir, max_new_tokens: int = 128):
   todo = [x for x in dict.fromkeys(rows['input']) if x not in store]
   for start in range(0, len(todo), 16):
     part = todo[start:start + 16]
-    ids = [chat_prompt_ids(model.tokenizer, x) for x in part]
+    ids = [chat_prompt_ids(model.tokenizer, x, chat_template) for x in part]
     out = generate_ids(model.params, model.cfg, ids,
                        sampling=SamplingConfig(max_new_tokens=max_new_tokens))
     store.add([dict(key=x, response=model.tokenizer.decode(o, skip_special_tokens=True))
@@ -299,7 +318,7 @@ def _own_answers(model, rows, workdir, max_new_tokens: int = 128):
   return rows.assign(output=answers)[keep]
 
 
-def _utility(config, model, vectors, methods, concepts, descriptions, selected):
+def _utility(config, model, vectors, methods, concepts, descriptions, selected, template):
   """Log-likelihood loss on the model's own answers, and MC/GSM8K accuracy when given."""
   out = {}
   need = int(config.utility.negatives) > 0
@@ -309,7 +328,7 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
     rows = utility.negative_rows(table).drop_duplicates('input')
     rows = rows.iloc[:int(config.utility.negatives)]
     if config.utility.own_answers:
-      rows = _own_answers(model, rows, config.workdir)
+      rows = _own_answers(model, rows, config.workdir, template)
   mc = gsm = None
   cap = int(config.utility.max_questions) or None
   if config.utility.multiple_choice:
@@ -317,16 +336,15 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
   if config.utility.gsm8k:
     gsm = utility.read_gsm8k(config.utility.gsm8k)[:cap]
 
-  def steer_of(method, cid):
+  def steer_of(method, cid) -> dict:
+    """The utility functions' keyword arguments: the vectors and concept, or the baselines'
+    template (vector methods use their vectors' own)."""
     if method in ('unsteered', 'prompting'):
-      return None
+      return {'chat_template': template}
     v = vectors[VECTOR_METHODS[method]]
-    s = utility.Steer.from_vectors(v, str(cid))
     if method in GRIDS:
-      p = dict(s.params,
-               factor=np.asarray(s.params['factor']) * selected[method][cid]['multiplier'])
-      s = utility.Steer(p, s.concept, s.layer, s.positions)
-    return s
+      v = v.scaled(selected[method][cid]['multiplier'])
+    return {'vectors': v, 'concept': str(cid)}
 
   def with_prompt(questions, method, cid):
     """The prompting baseline answers with the concept instruction before each question."""
@@ -346,19 +364,19 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected):
       for cid, s in per:
         if method == 'prompting':  # the cost of the concept instruction in the prompt
           if plain is None:
-            plain = utility.loglik_loss(model, rows)['nll_unsteered']
+            plain = utility.loglik_loss(model, rows, **s)['nll_unsteered']
           r = rows.assign(input=[prompts.prompting(x, descriptions[cid]) for x in rows['input']])
-          losses.append(utility.loglik_loss(model, r)['nll_unsteered'] - plain)
+          losses.append(utility.loglik_loss(model, r, **s)['nll_unsteered'] - plain)
         else:
-          losses.append(utility.loglik_loss(model, rows, s)['loss'])
+          losses.append(utility.loglik_loss(model, rows, **s)['loss'])
       res['loglik_loss'] = float(np.mean(losses))
       res['loglik_loss_std'] = float(np.std(losses))
     if mc is not None:
       res['multiple_choice'] = float(np.mean([utility.multiple_choice_accuracy(
-          model, with_prompt(mc, method, cid), s)['accuracy'] for cid, s in per]))
+          model, with_prompt(mc, method, cid), **s)['accuracy'] for cid, s in per]))
     if gsm is not None:
       res['gsm8k'] = float(np.mean([utility.gsm8k_accuracy(
-          model, with_prompt(gsm, method, cid), s)['accuracy'] for cid, s in per]))
+          model, with_prompt(gsm, method, cid), **s)['accuracy'] for cid, s in per]))
     out[method] = res
   return out
 
@@ -386,9 +404,8 @@ def evaluate(config, model=None, judge=None) -> dict:
     check_spec(config.model)
     model = load_model(config.model, config.dtype)
   vectors = {m: vectors_for(m, config, model) for m in needed}
-  for v in vectors.values():  # a base model is prompted with the template it was trained with
-    chat.set_chat_template(model.tokenizer, v.chat_template)
   setup = Setup(model=model, vectors=vectors, descriptions=descriptions,
+                chat_template=baseline_template(config, vectors),
                 instructions=drawn,
                 samples=int(config.instructions.samples),
                 sampling=sampling_config(config),
@@ -434,7 +451,7 @@ def evaluate(config, model=None, judge=None) -> dict:
                                            True, stats, halves)
   if int(config.utility.negatives) > 0 or config.utility.multiple_choice or config.utility.gsm8k:
     results['utility'] = _utility(config, model, vectors, methods, concepts, descriptions,
-                                  selected)
+                                  selected, setup.chat_template)
   results['wall_s'] = round(time.time() - t0, 1)
   report.write_all(results, config.workdir)
   return results

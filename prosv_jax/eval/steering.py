@@ -12,9 +12,6 @@ import json
 import os
 from typing import Callable, Sequence
 
-import numpy as np
-
-from prosv_jax import steer
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
@@ -83,13 +80,16 @@ class Store:
 class Setup:
   """What an evaluation needs besides the judge."""
   model: object  # prosv_jax.models.load.Model
-  vectors: dict  # 'prosv'/'fssv' -> SteeringVectors
+  vectors: dict  # 'prosv'/'fssv' -> SteeringVectors (each prompted with its own chat template)
   descriptions: dict[int, str]  # concept_id -> description
   instructions: dict[int, list[str]]  # concept_id -> held-out instructions
   samples: int = 1  # generations per instruction
   sampling: SamplingConfig = SamplingConfig(max_new_tokens=128, temperature=1.0, top_k=50)
   batch_size: int = 32
   seed: int = 0
+  # The unsteered and prompting baselines' template: '' = the tokenizer's own, a
+  # chat.TEMPLATES name or Jinja text (evaluate sets the evaluated vectors' template).
+  chat_template: str = ''
 
 
 def gen_key(group: Group, index: int, sample: int) -> str:
@@ -112,20 +112,18 @@ def _batch_steer(setup: Setup, rows: list[tuple[Group, int, int]]) -> dict:
   """generate_ids keyword arguments that steer each row with its own group's vector.
 
   Rows of one batch share a vector set (same layer and positions); each row gets its own
-  (factor x multiplier, direction) pair, so several grid factors decode in one batch.
+  concept and factor multiplier, so several grid factors decode in one batch.
   """
   kind = _steer_kind(rows[0][0])
   if kind == 'none':
     return {}
-  vectors = setup.vectors[kind]
-  idx = [vectors.index_of(str(g.concept_id)) for g, _, _ in rows]
-  params = {'factor': np.asarray([vectors.factor[r] * g.multiplier
-                                  for r, (g, _, _) in zip(idx, rows)], np.float32),
-            'direction': np.asarray(vectors.direction[idx], np.float32)}
-  kwargs = steer.generation_kwargs(params, 0, vectors.layer,
-                                   steer.parse_positions(vectors.positions), len(rows))
-  kwargs['steer'] = steer.steer_fn(params, list(range(len(rows))))
-  return kwargs
+  return setup.vectors[kind].generation_kwargs([str(g.concept_id) for g, _, _ in rows],
+                                               [g.multiplier for g, _, _ in rows])
+
+
+def _chat_template(setup: Setup, kind: str) -> str:
+  """A vector method is prompted as its vectors were trained; the baselines by setup's."""
+  return setup.chat_template if kind == 'none' else setup.vectors[kind].chat_template
 
 
 def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
@@ -151,7 +149,7 @@ def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
     for start in range(0, len(todo), setup.batch_size):
       chunk = todo[start:start + setup.batch_size]
       texts = [prompt_text(setup, g, instr[i], i) for g, i, _ in chunk]
-      ids = [chat_prompt_ids(tok, t) for t in texts]
+      ids = [chat_prompt_ids(tok, t, _chat_template(setup, kind)) for t in texts]
       out = generate_ids(setup.model.params, setup.model.cfg, ids, sampling=setup.sampling,
                          seed=seed + start, **_batch_steer(setup, chunk))
       store.add([dict(key=gen_key(g, i, s), **dataclasses.asdict(g), index=i, sample=s,

@@ -10,10 +10,12 @@ Three measures, each computed unsteered and steered with the same code path:
   gsm8k_accuracy            GSM8K-style word problems, greedy generation, exact match of the
                             final number.
 
-A steer is a `Steer`: steering parameters {'factor': [C], 'direction': [C, n]}, the concept row
-c, the layer and the positions. `None` means unsteered. Prompt-only positions (e.g. p2+s2,
-PrOSV) edit prompt tokens only; 'all' (FSSV) also edits every response/generated token, exactly
-as in training (train_step.response_logprobs) and generation (steer.generation_kwargs).
+A steer is a SteeringVectors and one of its concepts (row index, concept_id or description);
+its layer, positions and chat template come with it. `vectors=None` means unsteered. Prompt-only
+positions (e.g. p2+s2, PrOSV) edit prompt tokens only; 'all' (FSSV) also edits every
+response/generated token, exactly as in training (train_step.response_logprobs) and generation
+(SteeringVectors.generation_kwargs). Prompts use the vectors' chat template unless
+`chat_template` says otherwise ('' = the tokenizer's own, a chat.TEMPLATES name, Jinja text).
 
 Multiple-choice files (.jsonl, .json, .csv, .parquet) have columns `question`, `choices` (a
 list of strings; in CSV a JSON list such as ["Paris", "Rome"]) and `answer` (an index from 0 or
@@ -45,6 +47,7 @@ from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError, one_line
 from prosv_jax.models import transformer
 from prosv_jax.padding import round_up
+from prosv_jax.vectors import SteeringVectors
 
 PAD_MULTIPLE = 16  # widths are rounded up to this, so few distinct shapes get compiled
 LETTERS = string.ascii_uppercase
@@ -56,56 +59,30 @@ _FILE_KINDS = '.jsonl, .json, .csv or .parquet'
 # --- steers ------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Steer:
-  """One concept's steering vector and where it acts.
-
-  Attributes:
-    params: {'factor': [C], 'direction': [C, n]} (every concept of a set; `concept` picks one).
-    concept: the row index c into params.
-    layer: the block whose output is edited (0-indexed).
-    positions: a Positions or a spec string ('p2+s2', 'prompt', 'all', ...).
-  """
-  params: dict
-  concept: int
-  layer: int
-  positions: steering.Positions
-
-  def __post_init__(self):
-    if not isinstance(self.positions, steering.Positions):
-      object.__setattr__(self, 'positions', steering.parse_positions(self.positions))
-
-  @classmethod
-  def from_vectors(cls, vectors, concept: int | str = 0, layer: int | None = None,
-                   positions: str | steering.Positions | None = None) -> Steer:
-    """A Steer from a loaded SteeringVectors; layer and positions default to its config."""
-    layer = vectors.layer if layer is None else layer
-    positions = vectors.positions if positions is None else positions
-    if layer is None or positions is None:
-      raise ProsvError('the steering config names no layer or positions; pass layer= and '
-                       'positions= to Steer.from_vectors')
-    return cls(vectors.params(), vectors.index_of(concept), int(layer), positions)
-
-
-def _checked(model, steer: Steer | None) -> Steer | None:
-  """The steer with fp32 jax params, after checking it fits the model; None stays None."""
-  if steer is None:
+def _checked(model, vectors: SteeringVectors | None, concept) -> SteeringVectors | None:
+  """The one concept of `vectors` to steer with, after checking it fits the model."""
+  if vectors is None:
     return None
-  if not isinstance(steer, Steer):
-    raise ProsvError(f'steer must be a Steer or None, got {type(steer).__name__}; build one '
-                     'with Steer(params, concept, layer, positions) or Steer.from_vectors')
-  model.cfg.check_layer(steer.layer)
-  factor = jnp.asarray(steer.params['factor'], jnp.float32)
-  direction = jnp.asarray(steer.params['direction'], jnp.float32)
-  if factor.ndim != 1 or direction.shape != (factor.shape[0], model.cfg.hidden_size):
-    raise ProsvError(f'steering params have factor {tuple(factor.shape)} and direction '
-                     f'{tuple(direction.shape)}; this model needs factor [C] and direction '
-                     f'[C, {model.cfg.hidden_size}] (vectors trained on another model?)')
-  if not 0 <= steer.concept < factor.shape[0]:
-    raise ProsvError(f'concept {steer.concept} is out of range; the steering params hold '
-                     f'{factor.shape[0]} concept(s), 0..{factor.shape[0] - 1}')
-  return dataclasses.replace(steer, params={'factor': factor, 'direction': direction},
-                             concept=int(steer.concept))
+  if not isinstance(vectors, SteeringVectors):
+    raise ProsvError(f'vectors must be a SteeringVectors or None, got '
+                     f'{type(vectors).__name__}; load them with prosv_jax.load_vectors or build '
+                     'them with SteeringVectors.create')
+  vectors.check_model(model.cfg)
+  return vectors.pick(concept)
+
+
+def _template(vectors: SteeringVectors | None, chat_template: str | None) -> str:
+  """None = the vectors' own template (the tokenizer's without vectors)."""
+  if chat_template is not None:
+    return chat_template
+  return vectors.chat_template if vectors is not None else ''
+
+
+def _jit_args(one: SteeringVectors | None) -> tuple:
+  """(params, layer, positions) for the jitted passes; the picked concept is row 0."""
+  if one is None:
+    return None, 0, steering.Positions()
+  return one.params(), one.steer_layer(), one.parsed_positions
 
 
 # --- log-likelihood of plain answers ------------------------------------------
@@ -143,8 +120,9 @@ def _response_nll(frozen, batch, steer_params, *, cfg, layer, positions, respons
   return out
 
 
-def loglik_loss(model, rows, steer: Steer | None = None, batch_size: int = 8,
-                max_response_tokens: int = 128, max_prompt_tokens: int = 512) -> dict:
+def loglik_loss(model, rows, vectors: SteeringVectors | None = None, concept: int | str = 0,
+                batch_size: int = 8, max_response_tokens: int = 128,
+                max_prompt_tokens: int = 512, chat_template: str | None = None) -> dict:
   """Mean per-token NLL of each row's `output` given its chat-templated `input`.
 
   Only response tokens count (no EOS is appended, as in training); the mean is over all
@@ -153,10 +131,12 @@ def loglik_loss(model, rows, steer: Steer | None = None, batch_size: int = 8,
   Args:
     model: a loaded Model.
     rows: a DataFrame (or list of dicts) with `input` and `output`, e.g. negative_rows(table).
-    steer: the steer to measure; None gives nll_steered == nll_unsteered.
+    vectors: the SteeringVectors to measure; None gives nll_steered == nll_unsteered.
+    concept: which of them (row index, concept_id or description).
     batch_size: rows per forward pass.
     max_response_tokens: each response is cut to this many tokens.
     max_prompt_tokens: a longer templated instruction is an error (it is never cut).
+    chat_template: None = the vectors' own; '' = the tokenizer's; a TEMPLATES name or Jinja.
 
   Returns:
     {'nll_unsteered', 'nll_steered', 'loss' (steered - unsteered), 'tokens', 'rows'}.
@@ -164,14 +144,12 @@ def loglik_loss(model, rows, steer: Steer | None = None, batch_size: int = 8,
   Raises:
     ProsvError: no rows, a missing column, an empty instruction or answer, a bad steer.
   """
-  steer = _checked(model, steer)
+  one = _checked(model, vectors, concept)
   rows = _answer_rows(rows)
   _check_batch_size(batch_size)
-  examples = data.tokenize_rows(model.tokenizer, rows, steer.concept if steer else 0,
-                                max_prompt_tokens, max_response_tokens)
-  layer = steer.layer if steer else 0
-  positions = steer.positions if steer else steering.Positions()
-  params = steer.params if steer else None
+  examples = data.tokenize_rows(model.tokenizer, rows, 0, max_prompt_tokens, max_response_tokens,
+                                _template(vectors, chat_template))
+  params, layer, positions = _jit_args(one)
   pad_id = model.cfg.pad_id if model.cfg.pad_id is not None else 0
   totals = {'unsteered': 0.0, 'steered': 0.0, 'tokens': 0}
   for index in _length_batches([e.length for e in examples], batch_size):
@@ -298,7 +276,8 @@ def letter_token_ids(tokenizer, count: int) -> np.ndarray:
 
 
 def multiple_choice_accuracy(model, questions: Sequence[MultipleChoice],
-                             steer: Steer | None = None, batch_size: int = 8) -> dict:
+                             vectors: SteeringVectors | None = None, concept: int | str = 0,
+                             batch_size: int = 8, chat_template: str | None = None) -> dict:
   """Accuracy on multiple-choice questions, read from the first answer token.
 
   Each question becomes the chat-templated user message of multiple_choice_prompt. One
@@ -313,7 +292,8 @@ def multiple_choice_accuracy(model, questions: Sequence[MultipleChoice],
     {'accuracy', 'n', 'predictions' (choice indices), 'correct' (bools), 'scores' (per
     question, the log-probability of each choice letter)}.
   """
-  steer = _checked(model, steer)
+  one = _checked(model, vectors, concept)
+  params, layer, positions = _jit_args(one)
   _check_batch_size(batch_size)
   if not questions:
     raise ProsvError('no multiple-choice questions to score; read some with '
@@ -321,15 +301,16 @@ def multiple_choice_accuracy(model, questions: Sequence[MultipleChoice],
   count = max(len(q.choices) for q in questions)
   ids = letter_token_ids(model.tokenizer, count)
   valid = ids >= 0
-  prompts = [chat_prompt_ids(model.tokenizer, multiple_choice_prompt(q)) for q in questions]
+  template = _template(vectors, chat_template)
+  prompts = [chat_prompt_ids(model.tokenizer, multiple_choice_prompt(q), template)
+             for q in questions]
   scores: list[Any] = [None] * len(questions)
   for index in _length_batches([len(p) for p in prompts], batch_size):
     tokens, length = _right_padded([prompts[i] for i in index], model.cfg)
-    concept = jnp.full((len(index),), steer.concept if steer else 0, jnp.int32)
+    rows = jnp.zeros((len(index),), jnp.int32)  # the picked concept is row 0
     logp = np.asarray(_next_token_logprobs(
-        model.params, tokens, length, steer.params if steer else None, concept,
-        jnp.asarray(np.maximum(ids, 0)), cfg=model.cfg, layer=steer.layer if steer else 0,
-        positions=steer.positions if steer else steering.Positions()), np.float64)
+        model.params, tokens, length, params, rows, jnp.asarray(np.maximum(ids, 0)),
+        cfg=model.cfg, layer=layer, positions=positions), np.float64)
     logp = np.where(valid, logp, -np.inf)
     letter = np.logaddexp.reduce(logp, axis=-1)  # [B, count]
     for row in _real_rows(index):
@@ -444,29 +425,29 @@ def score_gsm8k(problems: Sequence[MathProblem], outputs: Sequence[str]) -> dict
           'outputs': list(outputs), 'predictions': predictions, 'correct': correct}
 
 
-def gsm8k_accuracy(model, problems: Sequence[MathProblem], steer: Steer | None = None,
-                   max_new_tokens: int = 256, batch_size: int = 8) -> dict:
+def gsm8k_accuracy(model, problems: Sequence[MathProblem], vectors: SteeringVectors | None = None,
+                   concept: int | str = 0, max_new_tokens: int = 256, batch_size: int = 8,
+                   chat_template: str | None = None) -> dict:
   """Greedy answers to GSM8K-style problems, scored by exact match of the final number.
 
   Generation is sampling.generate_ids on the chat-templated gsm8k_prompt, steered with
-  steer.generation_kwargs (prompt-only specs in prefill; 'all' also at every new token).
+  SteeringVectors.generation_kwargs (prompt-only specs in prefill; 'all' also at every new
+  token).
 
   Returns:
     {'accuracy', 'n', 'outputs' (generated text), 'predictions' (extracted numbers or None),
     'correct'}.
   """
-  steer = _checked(model, steer)
+  one = _checked(model, vectors, concept)
   _check_batch_size(batch_size)
   if not problems:
     raise ProsvError('no problems to solve; read some with read_gsm8k')
   config = sampling.SamplingConfig(max_new_tokens=max_new_tokens)
-  prompts = [chat_prompt_ids(model.tokenizer, gsm8k_prompt(p)) for p in problems]
+  template = _template(vectors, chat_template)
+  prompts = [chat_prompt_ids(model.tokenizer, gsm8k_prompt(p), template) for p in problems]
   outputs: list[Any] = [None] * len(problems)
   for index in _length_batches([len(p) for p in prompts], batch_size):
-    seam = {}
-    if steer is not None:
-      seam = steering.generation_kwargs(steer.params, steer.concept, steer.layer,
-                                        steer.positions, len(index))
+    seam = {} if one is None else one.generation_kwargs([0] * len(index))
     ids = sampling.generate_ids(model.params, model.cfg, [prompts[i] for i in index],
                                 sampling=config, pad_to=PAD_MULTIPLE, **seam)
     for row in _real_rows(index):

@@ -6,4 +6,5 @@
   step.py      the jitted step: block-L bank in, losses over response tokens, update out
   trainer.py   the Trainer: model, concepts, bank, optimizer; batches as a function of the step
   job.py       the loop in a workdir: checkpoints, resume, metrics, summary, export
+
 """

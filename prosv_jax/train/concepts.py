@@ -75,7 +75,7 @@ def load_concepts(config, tokenizer, read: ConceptRows | None = None) -> Concept
   read = read or read_concepts(config)
   dcfg = config.data
   examples = [data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
-                                 dcfg.max_response_tokens)
+                                 dcfg.max_response_tokens, config.chat_template)
               for k, picked in enumerate(read.rows)]
   return Concepts(read.ids, read.descriptions, examples)
 

@@ -7,6 +7,7 @@ finalizes them), so the workdir must be on a filesystem every host sees.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from prosv_jax.train import optim
 from prosv_jax.train.step import lower_hidden_jit
 from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
+from prosv_jax.vectors import SteeringVectors
 
 
 def _checkpoints(workdir: str) -> ocp.CheckpointManager:
@@ -129,8 +131,17 @@ def _diverged(m, step: int, directory) -> str:
           f'and rerun with a new --config.workdir')
 
 
-def train_and_export(config, model: Model | None = None, max_steps: int | None = None) -> dict:
-  """Runs (or resumes) the job described by `config`; returns the summary dict.
+@dataclasses.dataclass
+class Trained:
+  """What a job hands back: its summary, its exported vectors and the model it trained on."""
+  summary: dict
+  vectors: SteeringVectors | None  # None when max_steps stopped it before the end
+  model: Model | None  # the frozen model (on the config's mesh, if any); None when the
+  # workdir already held the finished run and nothing was loaded
+
+
+def train(config, model: Model | None = None, max_steps: int | None = None) -> Trained:
+  """Runs (or resumes) the job described by `config`; returns its summary, vectors and model.
 
   max_steps stops early after that many steps in total (checkpointed), for tests and demos.
   With several processes every process must call it with the same config.
@@ -146,7 +157,7 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
     if main:
       print(f'{workdir} already holds this finished run (summary.json); nothing to train. Use '
             f'a new --config.workdir to train again')
-    return finished
+    return Trained(finished, artifacts.load_vectors(finished['artifacts']['vectors']), model)
   trainer = Trainer(config, model)
   init = trainer.init_state()
   _check_state(init, 'the initial state', 'steer.beta / steer.direction_scale')
@@ -202,13 +213,20 @@ def train_and_export(config, model: Model | None = None, max_steps: int | None =
   done = int(parallel.to_host(state['step']))
   params = parallel.to_host(state['steer'])  # every process: a gather when they are split
   summary = _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, start)
-  if done == trainer.total_steps:
-    summary['artifacts'] = _export(trainer, params, config, summary, write=main)
+  vectors = None
+  if done == trainer.total_steps:  # every process holds the vectors; process 0 writes them
+    vectors = _vectors(trainer, params, config, summary)
+    summary['artifacts'] = _export(trainer, vectors, config, write=main)
   if main:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
   parallel.barrier('prosv_jax: exported')  # the others may read what process 0 wrote
-  return summary
+  return Trained(summary, vectors, trainer.model)
+
+
+def train_and_export(config, model: Model | None = None, max_steps: int | None = None) -> dict:
+  """train(), returning only the summary dict (what sweeps and tests look at)."""
+  return train(config, model, max_steps).summary
 
 
 def _last_epoch_loss(metrics_path: str, steps_per_epoch: int, done: int, num_concepts: int):
@@ -261,25 +279,29 @@ def _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, star
   }
 
 
-def _export(trainer: Trainer, params, config, summary, write: bool = True) -> dict:
+def _vectors(trainer: Trainer, params, config, summary) -> SteeringVectors:
+  """The trained set with everything needed to use it: layer, positions, concepts, template."""
+  return SteeringVectors.create(
+      params['factor'], params['direction'], layer=trainer.layer, positions=config.positions,
+      concepts=[{'concept_id': cid, 'description': desc} for cid, desc
+                in zip(trainer.concepts.ids, trainer.concepts.descriptions)],
+      model=config.model, chat_template=config.chat_template,
+      training=json.loads(config.to_json_best_effort()),
+      metrics={'final_loss': summary['final_loss']})
+
+
+def _export(trainer: Trainer, vectors: SteeringVectors, config, write: bool = True) -> dict:
   """Writes the vectors and control vectors (when `write`); returns where they are."""
   folder = os.path.join(config.workdir, 'vectors')
   if not write:  # process 0 exports; the others report the same paths
     return {'vectors': folder,
             'control_vectors': os.path.join(config.workdir, 'control_vector_concept*.gguf')}
-  meta = {
-      'model': config.model, 'layer': trainer.layer, 'positions': config.positions,
-      'width': trainer.width,
-      'concepts': [{'index': k, 'concept_id': cid, 'description': desc} for k, (cid, desc)
-                   in enumerate(zip(trainer.concepts.ids, trainer.concepts.descriptions))],
-      'training': json.loads(config.to_json_best_effort()),
-      'metrics': {'final_loss': summary['final_loss']},
-  }
-  out = {'vectors': artifacts.save_vectors(folder, params, meta)}
+  out = {'vectors': vectors.save(folder)}
   try:
     for k, cid in enumerate(trainer.concepts.ids):
       path = os.path.join(config.workdir, f'control_vector_concept{cid}.gguf')
-      artifacts.export_control_vector(path, params, trainer.layer, concept=k,
+      # Raw params: no prompt-only warning per run; the README says these suit 'all' positions.
+      artifacts.export_control_vector(path, vectors.params(), trainer.layer, concept=k,
                                       model_hint=trainer.model.cfg.family)
     out['control_vectors'] = os.path.join(config.workdir, 'control_vector_concept*.gguf')
   except ProsvError as e:  # e.g. llama.cpp cannot steer block 0

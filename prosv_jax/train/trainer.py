@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from prosv_jax import chat, data, parallel, steer
+from prosv_jax import data, parallel, steer
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model, check_spec
 from prosv_jax.train import optim
@@ -50,7 +50,6 @@ class Trainer:
       model = parallel.load_on_mesh(config.model, config.dtype, self.mesh)
     elif self.mesh is not None:  # frozen weights: FSDP over 'data', tensor parallel over 'model'
       model = dataclasses.replace(model, params=parallel.shard_params(model.params, self.mesh))
-    chat.set_chat_template(model.tokenizer, config.chat_template)
     self.model = model
     cfg = self.model.cfg
     self.layer = cfg.check_layer(int(config.layer))

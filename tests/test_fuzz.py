@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -246,6 +247,9 @@ def test_finished_workdir_reruns_without_loading(tmp_path, monkeypatch, no_model
              'train_s': 71.3, 'setup_s': 5.0, 'steps_per_s': 0.84, 'tokens_per_s': 900.0,
              'artifacts': {'vectors': str(workdir / 'vectors')}}
   (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
+  from prosv_jax.vectors import SteeringVectors  # pylint: disable=import-outside-toplevel
+  SteeringVectors.create([12.5], np.ones((1, 8), np.float32), layer=10, positions='p2+s2',
+                         concepts=['the ocean']).save(workdir / 'vectors')
   before = (workdir / 'summary.json').read_text()
   start = time.perf_counter()
   module.main(['train.py'])

@@ -104,6 +104,8 @@ def _finished_summary(workdir: str) -> dict | None:
     return None  # half-written or damaged: train (resume) and write it again
   if summary.get('steps') != summary.get('total_steps') or 'artifacts' not in summary:
     return None
+  if not os.path.isdir(summary['artifacts'].get('vectors', '')):
+    return None  # vectors deleted since: resume at the last step and export them again
   return dict(summary, already_finished=True)
 
 

@@ -109,19 +109,9 @@ def export_control_vector(path, steer_params, layer: int, concept: int | str = 0
   read: general.architecture 'controlvector', 'controlvector.model_hint' (str),
   'controlvector.layer_count' (uint32) and one float32 tensor 'direction.{layer}' of shape [n].
 
-  Layer numbering. Our `layer` L means the output of 0-indexed block L. llama.cpp adds
-  direction.i to the output of 0-indexed block i: every model graph calls
-  `build_cvec(cur, il)` at the end of block il (src/models/llama.cpp), which adds
-  `tensors[il]` (src/llama-adapter.cpp, llama_adapter_cvec::apply_to). repeng agrees: its
-  ControlModel wraps `model.layers[i]` and adds direction i to that block's output, reading
-  hidden_states[i + 1] when training (repeng/extract.py, repeng/control.py). So L maps to
-  direction.L. llama.cpp cannot steer block 0: tensors[0] is always null ("there's never a
-  tensor for layer 0", llama_adapter_cvec::init) and common_control_vector_load_one rejects
-  'direction.0' ("invalid (zero) direction tensor layer index", common/common.cpp), so
-  layer 0 is an error here.
-  (By our reading of tools/cvector-generator, llama.cpp's own generator names the vector
-  measured at block i's output direction.{i+1}, so its files apply one block later than
-  measured; read_control_vector returns the names as written.)
+  Our layer L (the output of 0-indexed block L) is llama.cpp's and repeng's direction.L;
+  llama.cpp cannot steer block 0, so layer 0 is an error. The source reading behind this is in
+  docs/CONTROL_VECTORS.md.
 
   llama.cpp adds the vector at every position, prompt and generated tokens alike, so only
   vectors trained with positions 'all' (FSSV) behave there as they did in training.

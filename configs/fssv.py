@@ -6,7 +6,7 @@ Paper row gemma-2-2b L10 'all': beta 2, factor LR 1, s 1, direction LR 0.04.
       --config.data.source=../shared/data/axbench/concept10/prod_2b_l10_v1 \
       --config.data.concepts=0 --config.workdir=workdirs/fssv_c0
 
-Variants (prosv_jax.config.VARIANTS) take the METHOD.md 'all' rows:
+Variants (prosv_jax.train.config.VARIANTS) take the METHOD.md 'all' rows:
 
   python launch/train.py --config=configs/fssv.py:gemma2_9b   # L20, beta 2, factor LR 0.1, 18 ep
   # also: smollm2, gemma3_270m, gemma2_2b, qwen25_32b; none = the default above

@@ -5,7 +5,7 @@
       --config.data.metadata=../shared/data/axbench/concept10/prod_2b_l10_v1/metadata.jsonl \
       --config.data.concepts=0,1,2,3 --config.workdir=workdirs/prosv_c10
 
-Variants (prosv_jax.config.VARIANTS) pick a model, its layer and its METHOD.md row:
+Variants (prosv_jax.train.config.VARIANTS) pick a model, its layer and its METHOD.md row:
 
   python launch/train.py --config=configs/prosv.py:gemma2_9b   # gemma-2-9b-it L20, beta 2 ...
   # also: smollm2, gemma3_270m, gemma2_2b, qwen25_32b; none = the default above

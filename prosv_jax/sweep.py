@@ -47,7 +47,7 @@ PAPER_BETAS = (1.0, 2.0, 4.0, 8.0, 16.0)
 PAPER_FACTOR_LRS = (0.01, 0.1, 1.0, 10.0, 20.0, 40.0)
 PAPER_DIRECTION_SCALES = (1.0, 8.0)
 PAPER_DIRECTION_LRS = (0.04, 0.08)
-# The muP rule of prosv_jax.optim.scaled_lrs, on and off.
+# The muP rule of prosv_jax.train.optim.scaled_lrs, on and off.
 TRANSFER = {'mup': (0.5, -0.5), 'fixed': (0.0, 0.0)}
 FAILED = 'failed.json'
 MANIFEST = 'sweep.json'
@@ -125,7 +125,7 @@ def paper_grid() -> list[dict]:
 
 
 def models(*variants: str) -> list[dict]:
-  """One point per named variant (prosv_jax.config.VARIANTS): its model, layer and template.
+  """One point per named variant (prosv_jax.train.config.VARIANTS): its model, layer and template.
 
   The hyperparameters stay those of the swept config, stated at its optim.base_width, so a
   sweep over models is a width-transfer study.

@@ -12,6 +12,18 @@ from prosv_jax import data
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
 
+# The paper truncates SimPO's responses to 128 tokens (METHOD.md section 4); its losers are
+# generated, so they need a bound in any case.
+SIMPO_MAX_RESPONSE_TOKENS = 128
+
+
+def response_cut(config) -> int:
+  """Tokens kept per response: data.max_response_tokens, or for SimPO 128 when that is 0."""
+  cut = int(config.data.max_response_tokens)
+  if not cut and config.train.loss == 'simpo':
+    return SIMPO_MAX_RESPONSE_TOKENS
+  return cut
+
 
 @dataclasses.dataclass
 class Concepts:
@@ -50,7 +62,7 @@ def load_concepts(config, tokenizer) -> Concepts:
     if dcfg.max_examples:
       picked = picked.iloc[:dcfg.max_examples]
     examples.append(data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
-                                       dcfg.max_response_tokens))
+                                       response_cut(config)))
   counts = {cid: len(ex) for cid, ex in zip(ids, examples)}
   if len(set(counts.values())) > 1:
     raise ProsvError(f'concepts have different example counts {counts}; set '
@@ -67,7 +79,7 @@ def load_concepts(config, tokenizer) -> Concepts:
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:
   """SimPO's y_l: the unsteered model's own greedy answer to each training instruction."""
   from prosv_jax.sampling import SamplingConfig, generate_ids
-  sampling = SamplingConfig(max_new_tokens=int(config.data.max_response_tokens))
+  sampling = SamplingConfig(max_new_tokens=response_cut(config) or SIMPO_MAX_RESPONSE_TOKENS)
   losers = []
   for per in concepts.examples:
     prompts = [list(map(int, e.prompt)) for e in per]

@@ -5,6 +5,7 @@ trained beside it); SimPO's losers are the unsteered model's own greedy answers.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -74,6 +75,37 @@ def load_concepts(config, tokenizer) -> Concepts:
       desc = str(picked['output_concept'].iloc[0])
     descriptions.append(desc or f'concept {cid}')
   return Concepts(ids, descriptions, examples)
+
+
+def heldout_examples(config, tokenizer) -> list[list[data.Example]] | None:
+  """Each concept's held-out positives: AxBench's latent_eval_data rows of the concept with
+  category 'positive', tokenized like the training rows (concept index k, not the id).
+
+  None when the source has no eval split (the demo table, a single file, a hub dataset: no
+  network for a diagnostic); an empty list for a concept the eval split lacks.
+  """
+  source = os.path.expanduser(str(config.data.source))
+  if source == 'demo' or not os.path.isfile(os.path.join(source, data.SPLIT_FILES['eval'])):
+    return None
+  table = data.read_concept_table(source, split='eval')
+  out = []
+  for k, cid in enumerate(int(c) for c in config.data.concepts):
+    rows = table[table['concept_id'] == cid]
+    if 'category' in rows.columns:
+      rows = rows[rows['category'] == 'positive']
+    out.append([e for i in range(len(rows)) for e in _tokenize_or_skip(
+        tokenizer, rows.iloc[i:i + 1], k, config)])
+  return out
+
+
+def _tokenize_or_skip(tokenizer, row, k, config) -> list[data.Example]:
+  # A diagnostic after training must not fail the run: a held-out row whose prompt is over
+  # data.max_prompt_tokens is left out instead.
+  try:
+    return data.tokenize_rows(tokenizer, row, k, config.data.max_prompt_tokens,
+                              response_cut(config))
+  except ProsvError:
+    return []
 
 
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:

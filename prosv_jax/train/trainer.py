@@ -135,13 +135,13 @@ class Trainer:
     # One shape for every batch (one compile): the longest row's width, and a last batch
     # filled up with rows of concept index k, which the per-concept sums leave out.
     width = -(-max((e.length for e in examples), default=1) // multiple) * multiple
+    longest = max((len(e.response) for e in examples), default=1)
+    response_width = max(multiple, -(-longest // multiple) * multiple)
     order = np.argsort(data.example_lengths(examples), kind='stable') if examples else []
-    response_width = None
     for start in range(0, len(order), rows):
       picked = [examples[i] for i in order[start:start + rows]]
       picked += [dataclasses.replace(picked[0], concept=k)] * (rows - len(picked))
       batch = data.pad_batch(picked, self.pad_id, width)
-      response_width = response_width or self._eval_response_width(examples)
       sums = parallel.to_host(eval_sums(
           params, self.model.params, parallel.place_batch(batch, self.mesh), cfg=self.model.cfg,
           layer=self.layer, positions=self.positions, num_concepts=k,
@@ -160,11 +160,6 @@ class Trainer:
     return {'loss': ratio('steered_nll', 'tokens'),
             'unsteered_loss': ratio('unsteered_nll', 'tokens'),
             'residual_rms': ratio('residual_sq', 'residual_n', root=True)}
-
-  def _eval_response_width(self, examples) -> int:
-    multiple = int(self.config.data.pad_multiple)
-    longest = max(len(e.response) for e in examples)
-    return max(multiple, -(-longest // multiple) * multiple)
 
   def eval_loss(self, params, examples: list[data.Example]) -> list:
     """Steered lang loss per concept [K] of `examples` (e.g. held-out positives): what a

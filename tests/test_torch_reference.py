@@ -275,7 +275,8 @@ def _relative_errors(ours, theirs):
           np.linalg.norm(v - tv, axis=-1) / np.linalg.norm(tv, axis=-1))
 
 
-def _assert_equivalent(ours, theirs, init_direction=None, tol=1e-4):
+def _assert_equivalent(ours, theirs, tol=1e-4):
+  # Measured max over 10 steps: tiny Llama ~6e-6 (direction), SmolLM2 p2+s2 6.6e-5, all 3.6e-5.
   factor_err, direction_err = _relative_errors(ours, theirs)
   assert factor_err.max() < tol and direction_err.max() < tol, (factor_err, direction_err)
   # and the params did move: the comparison is not of two frozen copies

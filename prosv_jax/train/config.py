@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   argument; the authors set LRs per model by hand. The 'smollm2' variant is this config.
   """
   c = ml_collections.ConfigDict()
-  c.model = 'smollm2-135m-instruct'  # embedded name, .gguf file, HF folder or hf:<repo_id>
+  c.model = 'smollm2-135m-instruct'  # embedded name, gemma3-270m, .gguf, HF folder, hf:<repo>
   c.dtype = 'float32'  # frozen weights: float32 or bfloat16 (steering params are always fp32)
   c.layer = 10  # steer the output of this block (0-indexed)
   c.positions = 'p2+s2'  # pN, sM, pN+sM, prompt or all (FSSV)

@@ -1,6 +1,7 @@
 """FSSV baseline: every prompt and response token (and every generated token) is edited.
 
-Paper row gemma-2-2b L10 'all': beta 2, factor LR 1, s 1, direction LR 0.04.
+Paper row gemma-2-2b L10 'all': beta 2, factor LR 1, s 1, direction LR 0.04, stated at
+width 2304 (on the default SmolLM2 the width rule gives factor LR 0.5, direction LR 0.08).
 
   python launch/train.py --config=configs/fssv.py \
       --config.data.source=../shared/data/axbench/concept10/prod_2b_l10_v1 \
@@ -15,30 +16,14 @@ Variants (prosv_jax.train.config.VARIANTS) take the METHOD.md 'all' rows:
       --root=workdirs/sweeps/fssv_beta_lr
 """
 
-from prosv_jax import sweep
-from prosv_jax.train.config import variant_config
-
-SWEEPS = {
-    'beta_lr': sweep.paper_grid,  # the paper's (beta, factor LR) grid, 30 runs
-    'beta_lr_small': sweep.small_grid,  # 3 x 5 of it, sized for a CPU
-    'width': lambda: sweep.product(
-        sweep.models('smollm2', 'gemma3_270m', 'gemma2_2b', 'gemma2_9b', 'qwen25_32b'),
-        sweep.transfer(), sweep.axis('optim.factor_lr', (0.1, 1.0))),
-    'width_small': lambda: sweep.product(
-        sweep.models('smollm2', 'gemma3_270m'), sweep.transfer(),
-        sweep.axis('optim.factor_lr', (0.1, 1.0))),
-    'direction': lambda: sweep.grid({'steer.direction_scale': sweep.PAPER_DIRECTION_SCALES,
-                                     'optim.direction_lr': sweep.PAPER_DIRECTION_LRS}),
-}
+from prosv_jax.train.config import preset_config, preset_sweep
 
 
 def get_config(variant: str = ''):
-  """The FSSV config; `variant` names a VARIANTS entry ('' = the default)."""
-  config = variant_config('fssv', variant)
-  config.lock()
-  return config
+  """The FSSV config; `variant` names a VARIANTS entry ('' = the default, SmolLM2)."""
+  return preset_config('fssv', variant)
 
 
 def get_sweep(name: str) -> list[dict]:
-  """The named sweep's points (dicts of config overrides); see SWEEPS."""
-  return sweep.pick(SWEEPS, name)
+  """The named sweep's points (the same sweeps as configs/prosv.py, FSSV's factor LRs)."""
+  return preset_sweep('fssv', name)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosv_jax import data, steer
+from prosv_jax.train import optim
 from prosv_jax.train.config import base_config
 from prosv_jax.models.load import DEFAULT_MODEL, load_model
 from prosv_jax.sampling import SamplingConfig, decode, prefill
@@ -206,10 +207,11 @@ def run_reference(model):
   ours_loss = float(np.mean(m['loss']))
   torch_model = torch_model_from_gguf(resolve(MODEL.value))
   c = trainer.config
+  factor_lr, direction_lr = optim.scaled_lrs(c.optim, trainer.width)  # what our Adam used
   ref = train_reference(torch_model, batches, layer=c.layer, width=trainer.width,
-                        beta=c.steer.beta, factor_lr=c.optim.factor_lr,
+                        beta=c.steer.beta, factor_lr=factor_lr,
                         direction_scale=c.steer.direction_scale,
-                        direction_lr=c.optim.direction_lr, total_steps=trainer.total_steps)
+                        direction_lr=direction_lr, total_steps=trainer.total_steps)
   emit({'case': 'reference', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': c.layer,
         'steps': trainer.total_steps, 'batch': trainer.batch_size,
         'ours_wall_s': round(ours, 2), 'torch_wall_s': round(ref['wall_s'], 2),

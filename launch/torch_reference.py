@@ -105,11 +105,15 @@ def steering(model, layer: int, factor: torch.Tensor, direction: torch.Tensor):
 
 def train_reference(model, batches: list[dict], *, layer: int, width: int, beta: float, factor_lr: float,
                     direction_scale: float, direction_lr: float, total_steps: int, seed: int = 42,
-                    positions=(2, 2), full_sequence: bool = False) -> dict:
+                    positions=(2, 2), full_sequence: bool = False, init=None) -> dict:
   """Trains one concept's (factor, direction) on `batches`, one Adam step each, in order.
 
+  init: (factor, direction [width]) to start from instead of the paper's seeded init, so a
+  run can be compared step by step with another implementation started at the same point.
+
   Returns wall_s (training only, no model build), steps, per-step losses, the final factor
-  and direction, and tokens (non-pad tokens seen).
+  and direction, tokens (non-pad tokens seen), and factors / directions: the params after
+  every step ([steps] and [steps, width] float32).
   """
   if width != model.config.hidden_size:
     raise ValueError(f'width {width} is not the model hidden size {model.config.hidden_size}')
@@ -119,11 +123,15 @@ def train_reference(model, batches: list[dict], *, layer: int, width: int, beta:
   factor = torch.nn.Parameter(torch.tensor(beta * math.sqrt(width), dtype=torch.float32))
   bound = direction_scale / math.sqrt(width)
   direction = torch.nn.Parameter(torch.empty(width, dtype=torch.float32).uniform_(-bound, bound))
+  if init is not None:
+    with torch.no_grad():
+      factor.copy_(torch.tensor(float(init[0]), dtype=torch.float32))
+      direction.copy_(torch.as_tensor(np.asarray(init[1], np.float32).reshape(width)))
   optimizer = torch.optim.Adam([{'params': [factor], 'lr': factor_lr},
                                 {'params': [direction], 'lr': direction_lr}],
                                betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
   schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
-  losses, tokens = [], 0
+  losses, tokens, factors, directions = [], 0, [], []
   with steering(model, layer, factor, direction) as hook, torch.enable_grad():
     start = time.perf_counter()
     for batch in batches:
@@ -137,7 +145,11 @@ def train_reference(model, batches: list[dict], *, layer: int, width: int, beta:
       optimizer.step()
       schedule.step()
       losses.append(loss.item())
+      factors.append(float(factor.detach()))
+      directions.append(direction.detach().numpy().copy())
       tokens += int(np.sum(batch['length']))
     wall_s = time.perf_counter() - start
   return {'wall_s': wall_s, 'steps': len(losses), 'losses': losses, 'factor': float(factor.detach()),
-          'direction': direction.detach().numpy().copy(), 'tokens': tokens}
+          'direction': direction.detach().numpy().copy(), 'tokens': tokens,
+          'factors': np.asarray(factors, np.float32),
+          'directions': np.asarray(directions, np.float32).reshape(len(losses), width)}

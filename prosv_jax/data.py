@@ -192,7 +192,7 @@ def demo_table() -> tuple[pd.DataFrame, dict[int, str]]:
 class Example:
   """One training example; eq=False because fields are arrays."""
   prompt: np.ndarray  # int32 ids of the chat-templated instruction, generation prompt included
-  response: np.ndarray  # int32 ids of the response, at most max_response_tokens, no EOS
+  response: np.ndarray  # int32 ids of the response (whole, or cut to max_response_tokens), no EOS
   concept: int  # index of the concept in the training run (0..K-1), not the AxBench id
   instruction: str
 
@@ -202,18 +202,20 @@ class Example:
 
 
 def tokenize_rows(tokenizer, rows: pd.DataFrame, concept: int, max_prompt_tokens: int = 512,
-                  max_response_tokens: int = 128, chat_template: str = '') -> list[Example]:
+                  max_response_tokens: int = 0, chat_template: str = '') -> list[Example]:
   """Token ids for each row of one concept (rows as concept_rows returns them).
 
+  max_response_tokens: 0 keeps whole responses (the paper's lang loss trains on all of them);
+  a positive value cuts each response to that many tokens.
   chat_template: '' = the tokenizer's own, a name from chat.TEMPLATES, or Jinja text.
 
   Raises:
     ProsvError: a templated prompt is longer than max_prompt_tokens (it is never cut: the
       end of the prompt is where PrOSV steers), or a response has no tokens.
   """
-  if max_prompt_tokens < 1 or max_response_tokens < 1:
-    raise ProsvError(f'max_prompt_tokens ({max_prompt_tokens}) and max_response_tokens '
-                     f'({max_response_tokens}) must be at least 1')
+  if max_prompt_tokens < 1 or max_response_tokens < 0:
+    raise ProsvError(f'max_prompt_tokens ({max_prompt_tokens}) must be at least 1 and '
+                     f'max_response_tokens ({max_response_tokens}) at least 0 (0 = whole)')
   examples = []
   for label, instruction, output in zip(rows.index, rows['input'], rows['output']):
     prompt = chat_prompt_ids(tokenizer, instruction, chat_template)
@@ -222,7 +224,9 @@ def tokenize_rows(tokenizer, rows: pd.DataFrame, concept: int, max_prompt_tokens
                        f'tokens, over max_prompt_tokens={max_prompt_tokens}; raise '
                        f'data.max_prompt_tokens in the config or drop the row '
                        f'({instruction[:60]!r})')
-    response = tokenizer.encode(output, add_special_tokens=False)[:max_response_tokens]
+    response = tokenizer.encode(output, add_special_tokens=False)
+    if max_response_tokens:
+      response = response[:max_response_tokens]
     if not response:
       raise ProsvError(f'row {label} (concept {concept}): the response encodes to no tokens')
     examples.append(Example(np.asarray(prompt, np.int32), np.asarray(response, np.int32),
@@ -237,9 +241,16 @@ def example_lengths(examples: list[Example]) -> np.ndarray:
 
 # --- batches -----------------------------------------------------------------
 
-# Rows are sorted by length within windows of this many batches: large enough to group
-# similar lengths, small enough that batch contents still change every epoch.
+# Rows are sorted by length within windows of at most this many batches, and never more than
+# half the epoch's batches: a window as large as the whole set would make the sort undo the
+# shuffle, so every epoch would cut the same batches (e.g. 72 rows at batch 12 is 6 batches).
 _BUCKET_WINDOW_BATCHES = 8
+
+
+def bucket_window(num_rows: int, batch_size: int) -> int:
+  """Rows per sorting window: a multiple of batch_size, at most half the epoch's batches."""
+  batches = -(-num_rows // batch_size)
+  return batch_size * max(1, min(_BUCKET_WINDOW_BATCHES, batches // 2))
 
 
 def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -248,9 +259,11 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
 
   There are always ceil(N / batch_size) batches; all have batch_size rows except possibly one
   smaller (kept, not dropped). The order depends only on (seed, epoch) and changes with epoch.
-  With bucket=True the shuffled rows are sorted by length within windows of
-  batch_size * 8 rows before cutting, so a batch holds similar lengths and pads little; the
-  batch order is then shuffled so lengths do not trend through the epoch.
+  With bucket=True the shuffled rows are sorted by length within windows of bucket_window()
+  rows before cutting, so a batch holds similar lengths and pads less; since every window
+  covers at most half the rows, which rows meet in a window (hence in a batch) changes with
+  each epoch's shuffle. The batch order is then shuffled so lengths do not trend through the
+  epoch. With fewer than 4 batches the windows are single batches: no padding is saved.
   """
   lengths = np.asarray(lengths)
   if lengths.ndim != 1:
@@ -262,7 +275,7 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(lengths))
   if bucket:
-    window = batch_size * _BUCKET_WINDOW_BATCHES  # a multiple of batch_size: no batch spans two
+    window = bucket_window(len(order), batch_size)  # a multiple of batch_size: no batch spans two
     for start in range(0, len(order), window):
       chunk = order[start:start + window]
       order[start:start + window] = chunk[np.argsort(lengths[chunk], kind='stable')]

@@ -130,15 +130,14 @@ def models(*variants: str) -> list[dict]:
   The hyperparameters stay those of the swept config, stated at its optim.base_width, so a
   sweep over models is a width-transfer study.
   """
-  from prosv_jax.train.config import VARIANTS, gemma3_270m_gguf  # pylint: disable=import-outside-toplevel
+  from prosv_jax.train.config import VARIANTS  # pylint: disable=import-outside-toplevel
   unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
     raise ProsvError(f'unknown variants {unknown}; use some of: {", ".join(VARIANTS)}')
   points = []
   for name in variants:
     v = VARIANTS[name]
-    model = gemma3_270m_gguf() if v.model == 'gemma3-270m' else v.model
-    points.append(labelled(name, {'model': model, 'layer': v.layer,
+    points.append(labelled(name, {'model': v.model, 'layer': v.layer,
                                   'chat_template': v.chat_template}))
   return points
 

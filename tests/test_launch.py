@@ -10,8 +10,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from prosv_jax.errors import ProsvError
 from prosv_jax.train import optim
-from prosv_jax.train.config import VARIANTS, base_config, method_config
+from prosv_jax.train.config import VARIANTS, base_config, check_config, method_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An override that needs quoting: a space and a single quote.
@@ -155,7 +156,7 @@ def test_train_resolves_a_variant():
 
 @pytest.mark.parametrize('method', ['prosv', 'fssv'])
 def test_every_variant_matches_the_paper_table(method, monkeypatch):
-  monkeypatch.setenv('PROSV_GEMMA3_270M', '/models/gemma-3-270m.gguf')
+  monkeypatch.delenv('PROSV_GEMMA3_270M', raising=False)
   table = {  # METHOD.md section 2: beta, factor LR, s, direction LR, epochs, batch
       ('gemma2_2b', 'prosv'): (4, 10, 8, 0.04, 12, 12),
       ('gemma2_2b', 'fssv'): (2, 1, 1, 0.04, 12, 12),
@@ -170,17 +171,67 @@ def test_every_variant_matches_the_paper_table(method, monkeypatch):
            c.train.epochs, c.train.batch_size)
     if (name, method) in table:
       assert got == table[name, method], name
-    else:  # the small packaged models take the default row
-      d = method_config(method)
-      assert got == (d.steer.beta, d.optim.factor_lr, d.steer.direction_scale,
-                     d.optim.direction_lr, d.train.epochs, d.train.batch_size)
-    assert c.layer == variant.layer and c.optim.base_width == variant.width
+      assert c.optim.base_width == variant.width  # tuned on this model: used as given
+      assert optim.scaled_lrs(c.optim, variant.width) == (c.optim.factor_lr,
+                                                          c.optim.direction_lr)
+    else:  # the small packaged models take gemma-2-2b's row, stated at gemma-2-2b's width
+      assert got == table['gemma2_2b', method], name
+      assert c.optim.base_width == 2304
+    assert c.layer == variant.layer
     assert c.positions == ('all' if method == 'fssv' else 'p2+s2')
   assert parse_config(['t', '--config=configs/prosv.py:smollm2']).model == base_config().model
-  assert parse_config(['t', '--config=configs/prosv.py:gemma3_270m']).model == \
-      '/models/gemma-3-270m.gguf'
+  # A spec, resolved when the model loads: building the config touches no file.
+  assert parse_config(['t', '--config=configs/prosv.py:gemma3_270m']).model == 'gemma3-270m'
   assert parse_config(['t', '--config=configs/prosv.py:qwen25_32b']).model == \
       'hf:Qwen/Qwen2.5-32B-Instruct'
+
+
+def test_small_models_derive_their_lrs_by_the_width_rule():
+  # gemma-2-2b's row at width 2304 -> SmolLM2 at 576: factor LR 10 * (1/4)**0.5 = 5 and
+  # direction LR 0.04 * (1/4)**-0.5 = 0.08; the default config is the smollm2 variant.
+  for argv in (['t', '--config=configs/prosv.py'], ['t', '--config=configs/prosv.py:smollm2']):
+    c = parse_config(argv)
+    assert optim.scaled_lrs(c.optim, 576) == pytest.approx((5.0, 0.08))
+  f = parse_config(['t', '--config=configs/fssv.py'])
+  assert optim.scaled_lrs(f.optim, 576) == pytest.approx((0.5, 0.08))
+  g = parse_config(['t', '--config=configs/prosv.py:gemma3_270m'])
+  assert optim.scaled_lrs(g.optim, 640) == pytest.approx((10 * (640 / 2304) ** 0.5,
+                                                          0.04 * (640 / 2304) ** -0.5))
+  default = {k: v for k, v in base_config().to_dict().items() if k != 'workdir'}
+  variant = {k: v for k, v in parse_config(argv).to_dict().items() if k != 'workdir'}
+  assert variant == default
+
+
+def test_paper_faithful_data_defaults():
+  c = base_config()
+  assert c.data.max_response_tokens == 0  # whole responses for the lang loss
+  assert c.data.bucket  # bucketing within windows of at most half an epoch (tests/test_data.py)
+  from prosv_jax.train.concepts import response_cut
+  assert response_cut(c) == 0
+  c.train.loss = 'simpo'
+  assert response_cut(c) == 128  # the paper truncates SimPO responses (and losers) to 128
+  c.data.max_response_tokens = 64
+  assert response_cut(c) == 64  # an explicit cut wins
+  c.data.max_response_tokens = -1
+  with pytest.raises(ProsvError, match='max_response_tokens=-1'):
+    check_config(c)
+
+
+def test_building_configs_has_no_side_effect(monkeypatch, tmp_path):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.delenv('PROSV_GEMMA3_270M', raising=False)
+  for method in ('prosv', 'fssv'):
+    for name in VARIANTS:
+      parse_config(['t', f'--config=configs/{method}.py:{name}'])
+  assert not any(tmp_path.iterdir())  # nothing assembled under ~/.cache
+
+
+def test_prosv_and_fssv_share_one_preset_table():
+  from prosv_jax.train.config import method_sweeps
+  assert set(method_sweeps('prosv')) == set(method_sweeps('fssv'))
+  lrs = lambda method: sorted({p['optim.factor_lr'] for p in
+                               method_sweeps(method)['width_small']()})
+  assert lrs('prosv') == [1.0, 10.0] and lrs('fssv') == [0.1, 1.0]
 
 
 def test_no_variant_is_the_default_config():

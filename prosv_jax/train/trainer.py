@@ -20,7 +20,7 @@ from prosv_jax.train import optim
 from prosv_jax.train.concepts import (concept_seed, load_concepts, neutral_responses,
                                      read_concepts)
 from prosv_jax.train.config import check_config
-from prosv_jax.train.step import lower_hidden_jit, reference_logprobs, train_step
+from prosv_jax.train.step import eval_sums, lower_hidden_jit, reference_logprobs, train_step
 from prosv_jax.padding import round_up
 
 
@@ -132,6 +132,57 @@ class Trainer:
     longest = int(np.max(np.asarray(batch['length']) - np.asarray(batch['prompt_len'])))
     multiple = int(self.config.data.pad_multiple)
     return max(multiple, round_up(longest, multiple))
+
+  # ------------------------------------------------------------------ evaluation
+
+  def evaluate(self, params, examples: list[data.Example]) -> dict:
+    """Lang loss of `examples` with and without the steering params, per concept.
+
+    params: steering params {'factor': [K], 'direction': [K, n]} (e.g. state['steer']).
+    examples: Examples of any of the K concepts (Example.concept is the index), e.g. the
+      training rows or held-out ones; batched by length, batch_size * K rows at a time.
+
+    Returns lists [K], None for a concept without examples: loss (token-mean response
+    cross-entropy, steered), unsteered_loss, and residual_rms (RMS of block-L outputs at the
+    steered positions).
+    """
+    k = self.num_concepts
+    total = {}
+    rows = self.batch_size * k
+    multiple = int(self.config.data.pad_multiple)
+    # One shape for every batch (one compile): the longest row's width, and a last batch
+    # filled up with rows of concept index k, which the per-concept sums leave out.
+    width = -(-max((e.length for e in examples), default=1) // multiple) * multiple
+    longest = max((len(e.response) for e in examples), default=1)
+    response_width = max(multiple, -(-longest // multiple) * multiple)
+    order = np.argsort(data.example_lengths(examples), kind='stable') if examples else []
+    for start in range(0, len(order), rows):
+      picked = [examples[i] for i in order[start:start + rows]]
+      picked += [dataclasses.replace(picked[0], concept=k)] * (rows - len(picked))
+      batch = data.pad_batch(picked, self.pad_id, width)
+      sums = parallel.to_host(eval_sums(
+          params, self.model.params, parallel.place_batch(batch, self.mesh), cfg=self.model.cfg,
+          layer=self.layer, positions=self.positions, num_concepts=k,
+          response_width=response_width))
+      for key, value in sums.items():
+        total[key] = total.get(key, 0.0) + np.asarray(value, np.float64)
+    present = [any(e.concept == c for e in examples) for c in range(k)]
+
+    def ratio(num, den, root=False):
+      if not total:
+        return [None] * k
+      x = total[num] / np.maximum(total[den], 1.0)
+      x = np.sqrt(x) if root else x
+      return [float(v) if ok else None for v, ok in zip(x, present)]
+
+    return {'loss': ratio('steered_nll', 'tokens'),
+            'unsteered_loss': ratio('unsteered_nll', 'tokens'),
+            'residual_rms': ratio('residual_sq', 'residual_n', root=True)}
+
+  def eval_loss(self, params, examples: list[data.Example]) -> list:
+    """Steered lang loss per concept [K] of `examples` (e.g. held-out positives): what a
+    hyperparameter study selects by."""
+    return self.evaluate(params, examples)['loss']
 
   # ------------------------------------------------------------------ block-L bank
 

@@ -28,7 +28,7 @@ from prosv_jax import data, steer
 from prosv_jax.train import optim
 from prosv_jax.train.config import base_config
 from prosv_jax.models.load import DEFAULT_MODEL, load_model
-from prosv_jax.sampling import SamplingConfig, decode, prefill
+from prosv_jax.sampling import SamplingConfig, decode, prefill, row_keys
 from prosv_jax.train.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +84,7 @@ def run_inference(model):
       t_prefill = best_time(run_prefill, REPEATS.value)
       logits, cache = run_prefill()
       sampling = SamplingConfig(max_new_tokens=NEW_TOKENS.value)
-      run_decode = lambda: decode(params, cfg, cache, logits, lengths, jax.random.key(0),
+      run_decode = lambda: decode(params, cfg, cache, logits, lengths, row_keys(0, b),
                                   sampling=sampling, eos_ids=(), pad_id=0)
       t_decode = best_time(run_decode, REPEATS.value)
       emit({'case': 'inference', 'model': MODEL.value, 'dtype': DTYPE.value, 'batch': b,
@@ -110,7 +110,7 @@ def run_steer_decode(model):
     logits, cache = prefill(params, cfg, tokens, lengths, cache_size=p + NEW_TOKENS.value,
                             steer=kw.get('steer'), steer_mask=mask,
                             steer_layer=kw.get('steer_layer'))
-    run = lambda: decode(params, cfg, cache, logits, lengths, jax.random.key(0),
+    run = lambda: decode(params, cfg, cache, logits, lengths, row_keys(0, b),
                          sampling=sampling, eos_ids=(), pad_id=0, **kw)
     t = best_time(run, REPEATS.value)
     emit({'case': 'steer_decode', 'steer': name, 'model': MODEL.value, 'batch': b,

@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prosv_jax import parallel
 from prosv_jax.errors import ProsvError
@@ -38,8 +39,21 @@ class SamplingConfig:
       raise ProsvError(f'top_k={self.top_k}; use 0 (off) or a positive count')
 
 
+def row_keys(seed, batch: int) -> jax.Array:
+  """One PRNG key per row [B]: an int seed gives row r the key fold_in(key(seed), r); a
+  sequence gives each row its own seed. A row's draws then depend on its key alone, not on
+  which batch it shares (so a resumed evaluation regenerates the rows it lost exactly)."""
+  if isinstance(seed, (int, np.integer)):
+    return jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(int(seed)),
+                                                     jnp.arange(batch, dtype=jnp.uint32))
+  seeds = np.asarray(seed, np.int64)
+  if seeds.shape != (batch,):
+    raise ProsvError(f'got {seeds.size} seeds for {batch} prompts; pass one int or one per prompt')
+  return jax.vmap(jax.random.key)(jnp.asarray(seeds % 2 ** 32, jnp.uint32))
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> jax.Array:
-  """Next tokens [B] from fp32 logits [B, V]."""
+  """Next tokens [B] from fp32 logits [B, V]; rng is one key, or one key per row [B]."""
   if sampling.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / sampling.temperature
@@ -55,6 +69,8 @@ def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -
     keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(
         keep_sorted)
     logits = jnp.where(keep, logits, -jnp.inf)
+  if rng.ndim:  # a key per row
+    return jax.vmap(jax.random.categorical)(rng, logits).astype(jnp.int32)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -79,6 +95,7 @@ def decode(params, cfg: ModelConfig, cache, logits, lengths, rng, *, sampling: S
            steer_decode: bool = False):
   """Samples up to sampling.max_new_tokens per row in one lax.while_loop.
 
+  rng: one key per row [B] (row_keys); step t samples with fold_in(rng[b], t).
   Returns (tokens [B, max_new] with pad after a row's EOS, count [B] of tokens before EOS).
   """
   b = logits.shape[0]
@@ -89,30 +106,29 @@ def decode(params, cfg: ModelConfig, cache, logits, lengths, rng, *, sampling: S
     tok = sample_logits(logits, rng, sampling)
     return jnp.where(done, pad_id, tok), done | jnp.isin(tok, eos)
 
-  rng, first = jax.random.split(rng)
-  tok, done = pick(logits, first, jnp.zeros((b,), bool))
+  step_keys = jax.vmap(jax.random.fold_in, (0, None))
+  tok, done = pick(logits, step_keys(rng, 0), jnp.zeros((b,), bool))
   out = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(tok)
   count = jnp.where(done, 0, 1)
 
   def cond(state):
-    step, _, _, done, _, _, _ = state
+    step, _, _, done, _, _ = state
     return (step < n) & ~jnp.all(done)
 
   def body(state):
-    step, cache, tok, done, out, count, rng = state
+    step, cache, tok, done, out, count = state
     positions = (lengths + step - 1)[:, None].astype(jnp.int32)
     fwd = transformer.forward(
         params, cfg, tok[:, None], positions, jnp.ones((b, 1), bool), cache=cache,
         steer=steer if steer_decode else None, steer_mask=jnp.ones((b, 1), bool),
         steer_layer=steer_layer)
-    rng, key = jax.random.split(rng)
-    new_tok, new_done = pick(fwd.logits[:, 0], key, done)
+    new_tok, new_done = pick(fwd.logits[:, 0], step_keys(rng, step), done)
     out = out.at[:, step].set(new_tok)
     count = count + (~new_done).astype(count.dtype)
-    return step + 1, fwd.cache, new_tok, new_done, out, count, rng
+    return step + 1, fwd.cache, new_tok, new_done, out, count
 
-  state = (jnp.int32(1), cache, tok, done, out, count, rng)
-  _, _, _, _, out, count, _ = jax.lax.while_loop(cond, body, state)
+  state = (jnp.int32(1), cache, tok, done, out, count)
+  _, _, _, _, out, count = jax.lax.while_loop(cond, body, state)
   return out, count
 
 
@@ -125,11 +141,12 @@ def check_context(cfg: ModelConfig, prompt_tokens: int, max_new_tokens: int) -> 
 
 
 def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
-                 sampling: SamplingConfig = SamplingConfig(), seed: int = 0, steer=None,
+                 sampling: SamplingConfig = SamplingConfig(), seed=0, steer=None,
                  steer_mask_fn=None, steer_layer: int | None = None, steer_decode: bool = False,
                  pad_to: int = 16) -> list[list[int]]:
   """Generates for token-id prompts; returns each row's new tokens up to (not incl.) EOS.
 
+  seed: an int, or one int per prompt (see row_keys).
   steer_mask_fn(lengths [B], width P) -> bool [B, P] chooses the prompt positions to edit in
   prefill (it sees left-padded rows). Prompt widths are rounded up to `pad_to` so that
   prompts of similar length share one compiled prefill. With params placed on a mesh
@@ -158,7 +175,7 @@ def generate_ids(params, cfg: ModelConfig, prompts: list[list[int]], *,
     steer = jax.tree.map(lambda a: parallel.place(a, parallel.replicated(mesh)), steer)
   logits, cache = prefill(params, cfg, tokens, lengths, cache_size=width + sampling.max_new_tokens,
                           steer=steer, steer_mask=steer_mask, steer_layer=steer_layer)
-  out, count = decode(params, cfg, cache, logits, lengths, jax.random.key(seed),
+  out, count = decode(params, cfg, cache, logits, lengths, row_keys(seed, len(prompts)),
                       sampling=sampling, eos_ids=tuple(cfg.eos_ids), pad_id=pad_id, steer=steer,
                       steer_layer=steer_layer, steer_decode=steer_decode)
   out, count = parallel.to_host((out, count))

@@ -172,6 +172,12 @@ def test_generation_stops_at_eos_and_is_seeded():
   b = sampling.generate_ids(params, cfg, [[3, 4, 5], [6, 7]], sampling=sc, seed=7)
   c = sampling.generate_ids(params, cfg, [[3, 4, 5], [6, 7]], sampling=sc, seed=8)
   assert a == b and a != c
+  # A row's draws depend on its own seed, not on the batch it shares (resumed evaluations).
+  alone = sampling.generate_ids(params, cfg, [[6, 7]], sampling=sc, seed=[12])
+  pair = sampling.generate_ids(params, cfg, [[3, 4, 5], [6, 7]], sampling=sc, seed=[11, 12])
+  assert alone[0] == pair[1]
+  with pytest.raises(ProsvError, match='one per prompt'):
+    sampling.generate_ids(params, cfg, [[3, 4, 5]], sampling=sc, seed=[1, 2])
   # Make token 1 (EOS) the certain next token after 3 steps: rows end there.
   eos_cfg = dataclasses.replace(cfg, eos_ids=tuple(range(97)))
   out = sampling.generate_ids(params, eos_cfg, [[3, 4, 5]], sampling=sc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from typing import Callable, Sequence
 
 from prosv_jax.chat import chat_prompt_ids
@@ -126,6 +127,15 @@ def _chat_template(setup: Setup, kind: str) -> str:
   return setup.chat_template if kind == 'none' else setup.vectors[kind].chat_template
 
 
+def row_seed(seed: int, concept_id: int, attack: bool, kind: str, index: int,
+             sample: int) -> int:
+  """The sampling seed of one generation, whatever batch it lands in (so a resumed run
+  regenerates exactly what it lost). Common random numbers: it depends on the concept, the
+  attack, the steering kind, the instruction and the sample, not on the method or the grid
+  factor, so methods of a concept are compared on the same draws."""
+  return zlib.crc32(f'{seed}|{concept_id}|{int(attack)}|{kind}|{index}|{sample}'.encode())
+
+
 def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
                     progress: Callable[[int], None] | None = None) -> int:
   """Generates the groups' missing rows (instructions x samples); returns how many.
@@ -142,16 +152,13 @@ def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
     instr = setup.instructions[cid]
     todo = [(g, i, s) for g in members for i in range(len(instr)) for s in range(setup.samples)
             if gen_key(g, i, s) not in store]
-    # Common random numbers: the seed depends on the concept, the attack and the steering
-    # kind, not on the method, so methods of a concept are compared on the same draws.
-    seed = (setup.seed * 1_000_003 + cid * 101 + int(attack) * 7 +
-            ('none', 'fssv', 'prosv').index(kind) * 1_009)
     for start in range(0, len(todo), setup.batch_size):
       chunk = todo[start:start + setup.batch_size]
       texts = [prompt_text(setup, g, instr[i], i) for g, i, _ in chunk]
       ids = [chat_prompt_ids(tok, t, _chat_template(setup, kind)) for t in texts]
+      seeds = [row_seed(setup.seed, cid, attack, kind, i, s) for _, i, s in chunk]
       out = generate_ids(setup.model.params, setup.model.cfg, ids, sampling=setup.sampling,
-                         seed=seed + start, **_batch_steer(setup, chunk))
+                         seed=seeds, **_batch_steer(setup, chunk))
       store.add([dict(key=gen_key(g, i, s), **dataclasses.asdict(g), index=i, sample=s,
                       instruction=instr[i], prompt=t,
                       response=tok.decode(o, skip_special_tokens=True))

@@ -26,7 +26,7 @@ import numpy as np
 
 from prosv_jax import data, steer
 from prosv_jax.train import optim
-from prosv_jax.train.config import base_config
+from prosv_jax.train.config import method_config
 from prosv_jax.models.load import DEFAULT_MODEL, load_model
 from prosv_jax.sampling import SamplingConfig, decode, prefill, row_keys
 from prosv_jax.train.trainer import Trainer
@@ -47,6 +47,9 @@ TRAIN_EXAMPLES = flags.DEFINE_integer('train_examples', 24, 'Examples per concep
 TRAIN_STEPS = flags.DEFINE_integer('train_steps', 2, 'Timed steps per train case.')
 DATA = flags.DEFINE_string('data', CONCEPT10, 'AxBench folder for the train/reference suites.')
 LAYER = flags.DEFINE_integer('layer', 10, 'Steering layer.')
+RESPONSE_TOKENS = flags.DEFINE_integer('max_response_tokens', 0, 'Train/reference suites: cut '
+                                       'responses to this many tokens (0 = whole, the default '
+                                       'since the paper-faithful defaults; 128 was the old one).')
 REMAT_ROWS = flags.DEFINE_integer('remat_rows', 96, 'Train cases with more rows per step than '
                                   'this recompute the upper blocks in the backward pass.')
 
@@ -138,7 +141,7 @@ def bench_table(k: int, folder: str, source: str = '') -> str:
 
 
 def train_config(positions: str, k: int, source: str, examples: int, epochs: int = 12):
-  c = base_config()
+  c = method_config('fssv' if positions == 'all' else 'prosv')  # the configs/ presets
   c.positions = positions
   c.layer = LAYER.value
   c.model = MODEL.value
@@ -147,8 +150,7 @@ def train_config(positions: str, k: int, source: str, examples: int, epochs: int
   c.data.concepts = tuple(range(k))
   c.data.max_examples = examples
   c.train.epochs = epochs
-  if positions == 'all':  # the paper's FSSV row
-    c.steer.beta, c.steer.direction_scale, c.optim.factor_lr = 2.0, 1.0, 1.0
+  c.data.max_response_tokens = RESPONSE_TOKENS.value
   return c
 
 
@@ -217,6 +219,7 @@ def run_reference(model):
         'ours_wall_s': round(ours, 2), 'torch_wall_s': round(ref['wall_s'], 2),
         'speedup': round(ref['wall_s'] / ours, 3), 'ours_last_loss': round(ours_loss, 4),
         'torch_last_loss': round(float(ref['losses'][-1]), 4),
+        'max_response_tokens': c.data.max_response_tokens,
         'note': 'ours includes compiling and the block-L bank; torch excludes model build'})
 
 

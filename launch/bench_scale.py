@@ -62,8 +62,6 @@ STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per (devices, K), after th
 MESH_MODEL = flags.DEFINE_integer('mesh_model', 1, 'mesh.model (tensor parallel) size; '
                                   'mesh.data = devices / this.')
 BATCH_SIZE = flags.DEFINE_integer('batch_size', 12, 'Rows per concept per step.')
-MAX_RESPONSE = flags.DEFINE_integer('max_response_tokens', 64, 'Response tokens kept per example '
-                                    '(training uses 128).')
 POSITIONS = flags.DEFINE_string('positions', 'p2+s2', "Steered positions ('all' = FSSV).")
 RANDOM_MODEL = flags.DEFINE_enum('random_model', '', ['', 'tiny', *VARIANTS],
                                  'Random weights of this model\'s shapes (tiny = a 3-layer llama '
@@ -291,7 +289,7 @@ def run_case(model, k: int, devices, mesh_shape, layer: int, source: str, folder
   config = bench.train_config(POSITIONS.value, k, bench.bench_table(k, folder, source),
                               bench.TRAIN_EXAMPLES.value)
   config.layer = layer
-  config.data.max_response_tokens = MAX_RESPONSE.value
+  config.data.max_response_tokens = bench.RESPONSE_TOKENS.value
   config.train.batch_size = batch
   config.train.remat = k * batch > bench.REMAT_ROWS.value
   config.mesh.data, config.mesh.model = mesh_shape
@@ -456,7 +454,7 @@ def parent() -> int:
                    'dtype': bench.DTYPE.value, 'layer': steered_layer(),
                    'positions': POSITIONS.value, 'data': data_source(),
                    'batch_size': BATCH_SIZE.value, 'train_examples': bench.TRAIN_EXAMPLES.value,
-                   'max_response_tokens': MAX_RESPONSE.value, 'steps': STEPS.value,
+                   'max_response_tokens': bench.RESPONSE_TOKENS.value, 'steps': STEPS.value,
                    'mesh_model': MESH_MODEL.value, 'remat_rows': bench.REMAT_ROWS.value},
       'results': rows}
   if errors:

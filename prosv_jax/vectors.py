@@ -44,6 +44,26 @@ class SteeringVectors:
                   chat_template=chat_template)
     return cls(factor, direction, checked_config(config, *direction.shape))
 
+  @classmethod
+  def stack(cls, sets: Sequence[SteeringVectors]) -> SteeringVectors:
+    """One set holding the concepts of several (e.g. one training run per concept), which must
+    agree on model, layer, positions, chat template and width; each set's training config is
+    kept under 'training_runs'."""
+    if not sets:
+      raise ProsvError('stack needs at least one SteeringVectors')
+    first = sets[0]
+    for other in sets[1:]:
+      for key in ('model', 'layer', 'positions', 'chat_template', 'width'):
+        if getattr(other, key) != getattr(first, key):
+          raise ProsvError(f'cannot stack vectors with different {key} ({getattr(first, key)!r} '
+                           f'vs {getattr(other, key)!r}); stack sets trained alike')
+    concepts = [{k: v for k, v in c.items() if k != 'index'} for s in sets for c in s.concepts]
+    return cls.create(np.concatenate([s.factor for s in sets]),
+                      np.concatenate([s.direction for s in sets]), layer=first.layer,
+                      positions=first.positions, concepts=concepts, model=first.model,
+                      chat_template=first.chat_template,
+                      training_runs=[s.config.get('training') for s in sets])
+
   # --- what the config says -----------------------------------------------------
 
   @property

@@ -56,7 +56,7 @@ def test_readme_example_runs(tmp_path, monkeypatch):
   scope = {}
   exec(compile(readme_example(), 'README.md', 'exec'), scope)  # pylint: disable=exec-used
   trained = scope['trained']
-  assert trained.summary['steps'] == trained.summary['total_steps'] == 10
+  assert trained.summary['steps'] == trained.summary['total_steps'] == 2
   assert trained.vectors.positions == 'p2+s2' and len(trained.vectors) == 1
   np.testing.assert_array_equal(scope['vectors'].factor, trained.vectors.factor)
   for name in ('plain', 'steered', 'louder'):

@@ -54,6 +54,20 @@ def test_pick_and_scaled():
   np.testing.assert_array_equal(v.factor, np.float32([2.0, 5.0]))  # the original is unchanged
 
 
+def test_stack_joins_sets_trained_apart():
+  v = make()
+  both = SteeringVectors.stack([v.pick('cats'), v.pick('the ocean')])
+  assert [c['concept_id'] for c in both.concepts] == [9, 7]
+  assert [c['index'] for c in both.concepts] == [0, 1]
+  np.testing.assert_array_equal(both.factor, np.float32([5.0, 2.0]))
+  np.testing.assert_array_equal(both.direction, v.direction[::-1])
+  assert (both.layer, both.positions, both.model, both.chat_template) == (3, 'p2+s2', 'tiny',
+                                                                          'gemma')
+  assert both.config['training_runs'] == [{'epochs': 1}, {'epochs': 1}]
+  with pytest.raises(ProsvError, match='different layer'):
+    SteeringVectors.stack([v, make(layer=4)])
+
+
 def test_generation_kwargs_give_each_row_its_concept_and_multiplier():
   v = make(positions='all')
   kwargs = v.generation_kwargs(['9', 0, 'cats'], [1.0, 2.0, 0.5])

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from prosv_jax import data
 from prosv_jax.train import config as train_config
 from prosv_jax.artifacts import load_vectors
+from prosv_jax.vectors import SteeringVectors
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
 from prosv_jax.eval import report, scores, utility
@@ -101,19 +102,29 @@ def vectors_for(method: str, config, model):
     if config.chat_template != 'vectors':  # a base model: train with the template evaluated
       c.chat_template = config.chat_template
     c.data.source, c.data.metadata = config.data.source, config.data.metadata
-    c.data.concepts = tuple(int(x) for x in config.data.concepts)
     c.data.max_examples = int(config.train.max_examples)
     c.train.epochs = int(config.train.epochs)
-    c.workdir = os.path.join(config.workdir, f'train_{method}')
-    print(f'training {method} vectors for concepts {list(c.data.concepts)} in {c.workdir}')
-    from prosv_jax.train.job import train
-    vectors, folder = train(c, model).vectors, c.workdir
+    folder = os.path.join(config.workdir, f'train_{method}')
+    vectors = SteeringVectors.stack([_train_one(c, model, folder, int(cid))
+                                     for cid in config.data.concepts])
   for cid in config.data.concepts:
     vectors.index_of(str(int(cid)))  # a clear error now, not after an hour of generation
   if vectors.model and vectors.model != config.model:
     raise ProsvError(f'{folder} was trained on {vectors.model!r}, this evaluation loads '
                      f'{config.model!r}; set --config.model={vectors.model}')
   return vectors
+
+
+def _train_one(c, model, folder: str, cid: int) -> SteeringVectors:
+  """One concept's vectors, in its own workdir: the paper trains one run per concept, a
+  finished one is skipped on a rerun, and K concepts in one step would hold K times the
+  activations (the same result: K concepts per step equal K separate runs, tested)."""
+  from prosv_jax.train.job import train  # pylint: disable=import-outside-toplevel
+  c = c.copy_and_resolve_references()
+  c.data.concepts = (cid,)
+  c.workdir = os.path.join(folder, f'concept{cid}')
+  print(f'training {c.positions} vectors for concept {cid} in {c.workdir}')
+  return train(c, model).vectors
 
 
 def baseline_template(config, vectors: dict) -> str:

@@ -10,6 +10,8 @@ step stays put when the width changes, LRs given at `base_width` are scaled to w
 (n / base_width) ** exponent: +1/2 for the factor, -1/2 for the direction by default.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,13 +52,23 @@ def make_optimizer(optim_cfg, total_steps: int, width: int) -> optax.GradientTra
     if not lr > 0:
       raise ProsvError(f'optim.{name}={lr}; give a positive learning rate')
 
+  return _optimizer(float(factor_lr), float(direction_lr), float(optim_cfg.b1),
+                    float(optim_cfg.b2), float(optim_cfg.eps), float(optim_cfg.clip_direction),
+                    int(total_steps))
+
+
+# The optimizer is a static argument of the jitted step, hashed by identity: runs with the same
+# settings (one concept after another, a sweep in one process) get the same object back and so
+# reuse the compiled step instead of compiling it again.
+@functools.lru_cache(maxsize=64)
+def _optimizer(factor_lr, direction_lr, b1, b2, eps, clip, total_steps):
   def adam(lr):
     schedule = optax.linear_schedule(lr, 0.0, total_steps)
-    return optax.adam(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps)
+    return optax.adam(schedule, b1=b1, b2=b2, eps=eps)
 
   direction = adam(direction_lr)
-  if optim_cfg.clip_direction:
-    direction = optax.chain(clip_per_concept(optim_cfg.clip_direction), direction)
+  if clip:
+    direction = optax.chain(clip_per_concept(clip), direction)
   return optax.multi_transform({'factor': adam(factor_lr), 'direction': direction},
                                {'factor': 'factor', 'direction': 'direction'})
 

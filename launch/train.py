@@ -45,6 +45,16 @@ def summary_lines(summary: dict) -> list[str]:
            f'  direction norm: {_numbers(summary["direction_norm"])}',
            f'  residual RMS at layer {summary["layer"]}: {_numbers(summary["residual_rms"])}',
            f'  training time: {summary["train_s"]:.1f} s (setup {summary["setup_s"]:.1f} s)']
+  if summary.get('train_loss') is not None:  # the diagnostics (prosv_jax.train.job)
+    lines += [f'  loss on the training rows, trained / unsteered: '
+              f'{_numbers(summary["train_loss"])} / {_numbers(summary["train_loss_unsteered"])}',
+              f'  loss on held-out positives, trained / unsteered: '
+              f'{_numbers(summary["heldout_loss"])} / '
+              f'{_numbers(summary["heldout_loss_unsteered"])}',
+              f'  direction: cosine to its init {_numbers(summary["direction_cosine_to_init"])}, '
+              f'moved {_numbers(summary["direction_moved"])} x its initial norm',
+              f'  edit RMS / residual RMS at the steered positions: '
+              f'{_numbers(summary["edit_rms_ratio"])}']
   if summary.get('steps_per_s'):
     lines.append(f'  throughput: {summary["steps_per_s"]:.3g} steps/s, '
                  f'{summary["tokens_per_s"]:.0f} tokens/s')

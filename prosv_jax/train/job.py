@@ -26,6 +26,8 @@ from prosv_jax.train.concepts import heldout_examples
 from prosv_jax.train.step import lower_hidden_jit
 from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
+from prosv_jax.train.workdir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE,
+                                     VECTORS_DIR)
 from prosv_jax.vectors import SteeringVectors
 
 
@@ -34,7 +36,7 @@ def _checkpoints(workdir: str) -> ocp.CheckpointManager:
   # directory into place, so a kill mid-save leaves the previous checkpoint as the latest).
   options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
                                          cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
                                options=options)
 
 
@@ -63,7 +65,7 @@ def _trim_metrics(path: str, last_step: int):
 
 
 def _check_same_config(workdir: str, config_json: str):
-  path = os.path.join(workdir, 'config.json')
+  path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
@@ -95,7 +97,7 @@ def _finished_summary(workdir: str) -> dict | None:
 
   A finished workdir reruns in seconds and keeps its summary.json (train_s, throughput).
   """
-  path = os.path.join(workdir, 'summary.json')
+  path = os.path.join(workdir, SUMMARY_FILE)
   if not os.path.exists(path):
     return None
   try:
@@ -167,14 +169,14 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   if main:  # replaced whole, so another process never reads half a file
     # Written only once every check passed: a failed start leaves no config that would
     # refuse the corrected rerun as "another config".
-    tmp = os.path.join(workdir, f'config.json.{os.getpid()}.tmp')
+    tmp = os.path.join(workdir, f'{CONFIG_FILE}.{os.getpid()}.tmp')
     with open(tmp, 'w') as f:
       f.write(config_json)
-    os.replace(tmp, os.path.join(workdir, 'config.json'))
+    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
 
   manager = _checkpoints(workdir)
   state, start = _restore(manager, init)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  metrics_path = os.path.join(workdir, METRICS_FILE)
   if main:
     _trim_metrics(metrics_path, start)
   if start and main:
@@ -221,7 +223,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
     vectors = _vectors(trainer, params, config, summary)
     summary['artifacts'] = _export(trainer, vectors, config, write=main)
   if main:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2)
   parallel.barrier('prosv_jax: exported')  # the others may read what process 0 wrote
   return Trained(summary, vectors, trainer.model)
@@ -330,7 +332,7 @@ def _rounded(values, digits: int = 6):
 
 def _export(trainer: Trainer, vectors: SteeringVectors, config, write: bool = True) -> dict:
   """Writes the vectors and control vectors (when `write`); returns where they are."""
-  folder = os.path.join(config.workdir, 'vectors')
+  folder = os.path.join(config.workdir, VECTORS_DIR)
   if not write:  # process 0 exports; the others report the same paths
     return {'vectors': folder,
             'control_vectors': os.path.join(config.workdir, 'control_vector_concept*.gguf')}

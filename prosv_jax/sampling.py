@@ -52,14 +52,46 @@ def row_keys(seed, batch: int) -> jax.Array:
   return jax.vmap(jax.random.key)(jnp.asarray(seeds % 2 ** 32, jnp.uint32))
 
 
+def _sortable(x: jax.Array) -> jax.Array:
+  """uint32 keys in the same order as the fp32 values x (-0.0 just below +0.0)."""
+  i = jax.lax.bitcast_convert_type(x, jnp.int32)
+  i = jnp.where(i < 0, i ^ 0x7FFFFFFF, i)  # negatives: larger magnitude -> smaller key
+  return jax.lax.bitcast_convert_type(i ^ jnp.int32(-2 ** 31), jnp.uint32)
+
+
+def _unsortable(key: jax.Array) -> jax.Array:
+  i = jax.lax.bitcast_convert_type(key, jnp.int32) ^ jnp.int32(-2 ** 31)
+  return jax.lax.bitcast_convert_type(jnp.where(i < 0, i ^ 0x7FFFFFFF, i), jnp.float32)
+
+
+def kth_largest(logits: jax.Array, k: int) -> jax.Array:
+  """The k-th largest value of each row [B, 1] of fp32 logits [B, V], exactly.
+
+  Bisection over the 32 bits of an order-preserving integer image of the floats: 32 passes
+  that only compare and count. jax.lax.top_k sorts on CPU, which cost 260 ms per decode step at
+  batch 32 over SmolLM2's 49k vocabulary (half the step); this costs ~16 ms.
+  """
+  key = _sortable(logits.astype(jnp.float32))
+  lo, hi = jnp.min(key, axis=-1), jnp.max(key, axis=-1)
+
+  def halve(_, bounds):  # invariant: count(key >= lo) >= k > count(key > hi)
+    lo, hi = bounds
+    gap = hi - lo
+    mid = lo + gap // 2 + (gap & 1)  # the upper middle, without uint32 overflow
+    enough = jnp.sum(key >= mid[:, None], axis=-1) >= k
+    return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid - 1)
+
+  lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+  return _unsortable(lo)[:, None]
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array, sampling: SamplingConfig) -> jax.Array:
   """Next tokens [B] from fp32 logits [B, V]; rng is one key, or one key per row [B]."""
   if sampling.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / sampling.temperature
-  if sampling.top_k:
-    kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if sampling.top_k and sampling.top_k < logits.shape[-1]:
+    logits = jnp.where(logits < kth_largest(logits, sampling.top_k), -jnp.inf, logits)
   if sampling.top_p < 1:
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
@@ -84,7 +116,7 @@ def prefill(params, cfg: ModelConfig, tokens, lengths, *, cache_size: int, steer
   cache = transformer.init_cache(cfg, b, cache_size, dtype)
   out = transformer.forward(params, cfg, tokens, positions, valid, cache=cache, steer=steer,
                             steer_mask=steer_mask, steer_layer=steer_layer,
-                            compute_logits=False)
+                            compute_logits=False, cache_empty=True)
   return transformer.head(params, cfg, out.hidden[:, -1]), out.cache
 
 

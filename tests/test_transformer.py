@@ -194,6 +194,44 @@ def test_top_k_and_top_p_cut_the_tail():
   assert draw(sampling.SamplingConfig(temperature=1.0, top_p=0.1)) == {0}
 
 
+def test_kth_largest_is_exact():
+  """The bisection threshold equals a sort's k-th value: ties, infinities, tiny and huge
+  magnitudes, signed zeros, k = 1 and k = V."""
+  rng = np.random.default_rng(0)
+  for trial in range(30):
+    b, v = int(rng.integers(1, 5)), int(rng.integers(1, 200))
+    x = (rng.standard_normal((b, v)) * rng.choice([1e-30, 1.0, 1e30])).astype(np.float32)
+    if trial % 3 == 0:
+      x = np.round(x)  # ties and signed zeros
+    if trial % 4 == 0:
+      x[:, :v // 2] = -np.inf
+    for k in {1, min(v, 5), v}:
+      got = np.asarray(sampling.kth_largest(jnp.asarray(x), k))[:, 0]
+      np.testing.assert_array_equal(got, np.sort(x, axis=-1)[:, -k])
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_prefill_into_an_empty_cache_skips_reading_it(name):
+  cfg = CONFIGS[name]
+  params = _params(cfg)
+  lengths = np.array([5, 3])
+  pos, valid = transformer.positions_from_lengths(lengths, 5, True)
+  tokens = _tokens(2, 5)
+  read = transformer.forward(params, cfg, tokens, pos, valid,
+                             cache=transformer.init_cache(cfg, 2, 9))
+  skip = transformer.forward(params, cfg, tokens, pos, valid,
+                             cache=transformer.init_cache(cfg, 2, 9), cache_empty=True)
+  mask = np.asarray(valid)
+  np.testing.assert_allclose(np.asarray(skip.logits)[mask], np.asarray(read.logits)[mask],
+                             rtol=1e-6, atol=1e-6)
+  for key in ('pos', 'valid', 'index'):
+    np.testing.assert_array_equal(np.asarray(skip.cache[key]), np.asarray(read.cache[key]))
+  slots = np.asarray(read.cache['valid'])  # [B, S]; pad rows' keys/values are never read
+  for key in ('k', 'v'):  # [N, B, K, S, E]
+    got, want = (np.asarray(c.cache[key]).transpose(1, 3, 0, 2, 4)[slots] for c in (skip, read))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_bad_inputs_are_named():
   with pytest.raises(ProsvError, match='pick a layer in 0..3'):
     LLAMA.check_layer(4)

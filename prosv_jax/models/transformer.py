@@ -44,15 +44,20 @@ class RMSNorm(nn.Module):
 
 
 class AttnContext(NamedTuple):
-  """What attention needs besides the hidden states; built once per call, shared by layers."""
-  q_slot: jax.Array  # [B, T] index of each query in the key axis
-  q_pos: jax.Array  # [B, T] rope position of each query
-  k_pos: jax.Array  # [B, S] rope position of each key slot
-  k_valid: jax.Array  # [B, S] whether a key slot holds a real token
+  """What attention needs besides the hidden states; built once per call, shared by layers.
+
+  Keys are the call's own T tokens and, with a KV cache, the S cache slots written before it.
+  """
+  q_slot: jax.Array  # [B, T] index of each query among the call's own tokens
+  q_pos: jax.Array  # [B, T] rope position of each query (and of its own key)
+  k_pos: jax.Array  # [B, T] rope position of each of the call's own keys
+  k_valid: jax.Array  # [B, T] whether each of the call's own tokens is real
   cos: jax.Array  # [B, T, E/2] global-attention rope
   sin: jax.Array
   cos_local: jax.Array  # sliding-window-layer rope (same as global when there is one rope)
   sin_local: jax.Array
+  cache_pos: jax.Array | None = None  # [B, S] rope position of each cache slot (KV cache only)
+  cache_valid: jax.Array | None = None  # [B, S] slot holds a token written by an earlier call
 
 
 def _rotate(x, cos, sin):
@@ -67,7 +72,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, ctx: AttnContext, is_sliding, kv_cache, cache_index):
+  def __call__(self, x, ctx: AttnContext, is_sliding, kv_cache=None):
     cfg = self.cfg
     b, t, _ = x.shape
     e, h, kh = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
@@ -81,32 +86,68 @@ class Attention(nn.Module):
     sin = jnp.where(is_sliding, ctx.sin_local, ctx.sin)
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
 
-    if kv_cache is not None:  # write this chunk into the layer's cache slots, attend over all
-      k_all, v_all, layer = kv_cache  # [N, B, S, K, E] for every layer; write in place
-      k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype),
-                                           (layer, 0, cache_index, 0, 0))
-      v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype),
-                                           (layer, 0, cache_index, 0, 0))
-      new_cache = (k_all, v_all)
-      k, v = k_all[layer], v_all[layer]
+    if kv_cache is None:  # also returns the keys/values, heads first, for a cache to keep
+      out = _attend(cfg, q, k, v, ctx, is_sliding)
+      new_kv = (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
     else:
-      new_cache = None
-    k_all, v_all = k, v
+      out, new_kv = _attend_cached(cfg, q, k, v, ctx, is_sliding, kv_cache)
+    return nn.Dense(cfg.hidden_size, use_bias=cfg.o_bias, name='o')(out), new_kv
 
-    s = k_all.shape[1]
-    q = q.reshape(b, t, kh, h // kh, e)
-    logits = jnp.einsum('btkge,bske->bkgts', q, k_all.astype(q.dtype),
+
+def _attend(cfg, q, k, v, ctx, is_sliding):
+  """Causal attention of the call's own tokens: q [B, T, H, E], k/v [B, T, K, E] -> [B, T, H*E]."""
+  b, t, h, e = q.shape
+  kh = cfg.num_kv_heads
+  q = q.reshape(b, t, kh, h // kh, e)
+  logits = jnp.einsum('btkge,bske->bkgts', q, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) * cfg.attn_scale
+  if cfg.attn_softcap:
+    logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
+  allowed = (jnp.arange(t)[None, None, :] <= ctx.q_slot[:, :, None]) & ctx.k_valid[:, None, :]
+  if cfg.sliding_window:
+    near = (ctx.q_pos[:, :, None] - ctx.k_pos[:, None, :]) < cfg.sliding_window
+    allowed = allowed & (near | ~is_sliding)
+  logits = jnp.where(allowed[:, None, None, :, :], logits, _MASKED)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bkgts,bske->btkge', probs, v).reshape(b, t, h * e)
+
+
+def _attend_cached(cfg, q, k, v, ctx, is_sliding, kv_cache):
+  """Attention over one layer's cache [B, K, S, E] (read only) and the call's own T keys.
+
+  The cache is laid out heads-first so both products are plain batched matmuls, and it is not
+  written here: the caller writes every layer's new keys/values once, after the scan over
+  layers. (Writing it inside the scan made XLA copy whole cache buffers at every decode step:
+  on CPU a step cost 2.5x the uncached forward and grew with the cache size.)
+  Returns (output [B, T, H*E], (k, v) [B, K, T, E] to be written at the cache index).
+  """
+  b, t, h, e = q.shape
+  kh = cfg.num_kv_heads
+  k_cache, v_cache = kv_cache
+  q = q.reshape(b, t, kh, h // kh, e).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, E]
+  k = k.transpose(0, 2, 1, 3)  # [B, K, T, E]
+  v = v.transpose(0, 2, 1, 3)
+
+  def scores(keys, allowed):  # allowed [B, T, S]
+    logits = jnp.einsum('bkgte,bkse->bkgts', q, keys.astype(q.dtype),
                         preferred_element_type=jnp.float32) * cfg.attn_scale
     if cfg.attn_softcap:
       logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
-    allowed = (jnp.arange(s)[None, None, :] <= ctx.q_slot[:, :, None]) & ctx.k_valid[:, None, :]
-    if cfg.sliding_window:
-      near = (ctx.q_pos[:, :, None] - ctx.k_pos[:, None, :]) < cfg.sliding_window
-      allowed = allowed & (near | ~is_sliding)
-    logits = jnp.where(allowed[:, None, None, :, :], logits, _MASKED)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_all.dtype)
-    out = jnp.einsum('bkgts,bske->btkge', probs, v_all).reshape(b, t, h * e)
-    return nn.Dense(cfg.hidden_size, use_bias=cfg.o_bias, name='o')(out), new_cache
+    return jnp.where(allowed[:, None, None], logits, _MASKED)
+
+  def near(k_pos):
+    if not cfg.sliding_window:
+      return True
+    return ((ctx.q_pos[:, :, None] - k_pos[:, None, :]) < cfg.sliding_window) | ~is_sliding
+
+  own = (jnp.arange(t)[None, None, :] <= ctx.q_slot[:, :, None]) & ctx.k_valid[:, None, :]
+  cached = ctx.cache_valid[:, None, :] & near(ctx.cache_pos)
+  logits = jnp.concatenate([scores(k_cache, cached), scores(k, own & near(ctx.k_pos))], axis=-1)
+  probs = jax.nn.softmax(logits, axis=-1)
+  s = k_cache.shape[2]
+  out = (jnp.einsum('bkgts,bkse->bkgte', probs[..., :s].astype(v_cache.dtype), v_cache)
+         + jnp.einsum('bkgts,bkse->bkgte', probs[..., s:].astype(v.dtype), v))
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h * e), (k, v)
 
 
 class MLP(nn.Module):
@@ -126,18 +167,17 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x, ctx, is_sliding, kv_cache=None, cache_index=0):
+  def __call__(self, x, ctx, is_sliding, kv_cache=None):
     cfg = self.cfg
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.norm_plus_one, name=name)
-    a, new_cache = Attention(cfg, name='attn')(norm('attn_norm')(x), ctx, is_sliding, kv_cache,
-                                               cache_index)
+    a, new_kv = Attention(cfg, name='attn')(norm('attn_norm')(x), ctx, is_sliding, kv_cache)
     if cfg.sandwich_norms:
       a = norm('post_attn_norm')(a)
     x = x + a
     m = MLP(cfg, name='mlp')(norm('mlp_norm')(x))
     if cfg.sandwich_norms:
       m = norm('post_mlp_norm')(m)
-    return x + m, new_cache
+    return x + m, new_kv
 
 
 # ---------------------------------------------------------------- pure functions over params
@@ -172,19 +212,18 @@ def _rope_tables(cfg, rope, positions):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def attention_context(cfg, positions, valid, cache=None, cache_index=0) -> AttnContext:
-  """Rope tables and key positions/validity shared by every layer of one call."""
+def attention_context(cfg, positions, valid, cache=None) -> AttnContext:
+  """Rope tables and key positions/validity shared by every layer of one call; with a cache,
+  also its slots written by earlier calls."""
   b, t = positions.shape
   cos, sin = _rope_tables(cfg, cfg.rope, positions)
   cos_l, sin_l = _rope_tables(cfg, cfg.rope_local, positions) if cfg.rope_local else (cos, sin)
-  q_slot = jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
-  if cache is None:
-    k_pos, k_valid = positions, valid
-  else:
-    k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions.astype(jnp.int32),
-                                                cache_index, axis=1)
-    k_valid = jax.lax.dynamic_update_slice_in_dim(cache['valid'], valid, cache_index, axis=1)
-  return AttnContext(q_slot, positions, k_pos, k_valid, cos, sin, cos_l, sin_l)
+  q_slot = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  cache_pos = cache_valid = None
+  if cache is not None:
+    cache_pos, cache_valid = cache['pos'], cache['valid']
+  return AttnContext(q_slot, positions, positions, valid, cos, sin, cos_l, sin_l, cache_pos,
+                     cache_valid)
 
 
 def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
@@ -236,32 +275,35 @@ def steer_at(h: jax.Array, steer, mask: jax.Array) -> jax.Array:
   return jnp.where(mask[..., None], steer(h).astype(h.dtype), h)
 
 
-def _run_cached(params, cfg, h, ctx, cache, steer, steer_mask, steer_layer):
-  """All blocks over a KV cache carried through one scan, so XLA updates it in place.
+def _run_cached(params, cfg, h, ctx, cache, steer, steer_mask, steer_layer, empty=False):
+  """All blocks over a KV cache; returns (h, k, v) with the call's keys/values written.
 
-  The steer edit happens inside the scan after block `steer_layer`: splitting the scan there
-  would split (and copy) the cache at every decode step.
+  Each layer reads its own cache slice (scan input; not at all when `empty`) and returns its
+  new keys/values (scan output); they are written into the cache once, after the scan, where
+  XLA updates the buffers in place. The steer edit happens inside the scan after block
+  `steer_layer`.
   """
   block = Block(cfg)
-  index = cache['index']
 
-  def body(carry, xs):
-    x, k_all, v_all = carry
-    p, is_sliding, layer = xs
-    x, (k_all, v_all) = block.apply({'params': p}, x, ctx, is_sliding, (k_all, v_all, layer),
-                                    index)
+  def body(x, xs):
+    p, is_sliding, layer, kv_cache = xs
+    x, (k, v) = block.apply({'params': p}, x, ctx, is_sliding, kv_cache)
     if steer is not None:
       x = steer_at(x, steer, (layer == steer_layer) & steer_mask)
-    return (x, k_all, v_all), None
+    return x, (k, v)
 
-  xs = (params['layers'], jnp.asarray(cfg.sliding_layers), jnp.arange(cfg.num_layers))
-  (h, k, v), _ = jax.lax.scan(body, (h, cache['k'], cache['v']), xs)
+  xs = (params['layers'], jnp.asarray(cfg.sliding_layers), jnp.arange(cfg.num_layers),
+        None if empty else (cache['k'], cache['v']))
+  h, (k, v) = jax.lax.scan(body, h, xs)  # k, v [N, B, K, T, E]
+  at = (0, 0, 0, cache['index'], 0)
+  k = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), at)
+  v = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), at)
   return h, k, v
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=jnp.float32) -> dict:
-  """An empty KV cache of `size` slots per row."""
-  shape = (cfg.num_layers, batch, size, cfg.num_kv_heads, cfg.head_dim)
+  """An empty KV cache of `size` slots per row, heads before slots: k/v [N, B, K, S, E]."""
+  shape = (cfg.num_layers, batch, cfg.num_kv_heads, size, cfg.head_dim)
   return {
       'k': jnp.zeros(shape, dtype),
       'v': jnp.zeros(shape, dtype),
@@ -280,23 +322,27 @@ class Output(NamedTuple):
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
             valid: jax.Array, *, cache: dict | None = None, steer: SteerFn | None = None,
             steer_mask: jax.Array | None = None, steer_layer: int | None = None,
-            compute_logits: bool = True) -> Output:
+            compute_logits: bool = True, cache_empty: bool = False) -> Output:
   """The model on tokens [B, T] at rope positions [B, T]; valid [B, T] marks real tokens.
 
   With a cache, the T new tokens are written at cache['index'] and attend to every valid slot
-  before them. With `steer`, the output of block `steer_layer` (0-indexed) becomes
+  before them; cache_empty=True (prefill into a fresh cache) skips reading it. With `steer`, the output of block `steer_layer` (0-indexed) becomes
   steer(h) where steer_mask [B, T] is True and stays bit-for-bit h elsewhere.
   """
   if steer is not None:
     cfg.check_layer(steer_layer)
-  cache_index = cache['index'] if cache is not None else 0
-  ctx = attention_context(cfg, positions, valid, cache, cache_index)
+  ctx = attention_context(cfg, positions, valid, cache)
   h = embed(params, cfg, tokens)
   new_cache = None
   if cache is not None:
-    h, k, v = _run_cached(params, cfg, h, ctx, cache, steer, steer_mask, steer_layer)
-    new_cache = {'k': k, 'v': v, 'pos': ctx.k_pos, 'valid': ctx.k_valid,
-                 'index': cache_index + tokens.shape[1]}
+    h, k, v = _run_cached(params, cfg, h, ctx, cache, steer, steer_mask, steer_layer,
+                          cache_empty)
+    index = cache['index']
+    new_cache = {
+        'k': k, 'v': v, 'index': index + tokens.shape[1],
+        'pos': jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions.astype(jnp.int32),
+                                                   index, axis=1),
+        'valid': jax.lax.dynamic_update_slice_in_dim(cache['valid'], valid, index, axis=1)}
   elif steer is None:
     h = run_blocks(params, cfg, h, ctx, 0, cfg.num_layers)
   else:  # split at the seam, so gradients w.r.t. steer never enter blocks 0..L

@@ -4,6 +4,7 @@
   python launch/bench.py --suite=steer_decode         # decode tokens/s unsteered, PrOSV, FSSV
   python launch/bench.py --suite=train                # PrOSV/FSSV steps/s at K concepts/step
   python launch/bench.py --suite=reference            # one concept's full training vs PyTorch
+  python launch/bench.py --suite=breakdown            # where one training step's time goes
 
 Prefill tokens/s counts prompt tokens (all rows the full width); decode tokens/s counts
 generated tokens over all rows (EOS ignored, so every row runs to the end). Training tokens/s
@@ -35,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', 'prod_2b_l10_v1')
 
 SUITE = flags.DEFINE_enum('suite', 'inference', ['inference', 'steer_decode', 'train',
-                                                 'reference'], 'Which cases to run.')
+                                                 'reference', 'breakdown'], 'Which cases to run.')
 MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Model spec.')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
 BATCH = flags.DEFINE_list('batch', ['1', '8', '32'], 'Inference batch sizes.')
@@ -223,12 +224,159 @@ def run_reference(model):
         'note': 'ours includes compiling and the block-L bank; torch excludes model build'})
 
 
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """This process's measured fp32 matmul rate (FLOP/s): the best of `repeats` n x n products."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  return 2 * n ** 3 / best_time(lambda: f(a), repeats)
+
+
+def compiled_flops(fn, *args, **kwargs) -> float:
+  """XLA's FLOP count of jitted `fn` on these arguments (0 when the backend gives none)."""
+  cost = fn.lower(*args, **kwargs).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', 0.0))
+
+
+def useful_flops(cfg, layer: int, lengths, prompt_lens) -> float:
+  """FLOPs a training step must do on real tokens: blocks layer+1.. forward and backward
+  (activation gradients only: the weights are frozen) and the head at response positions.
+
+  Per token and block: 2 FLOPs per linear weight and 4 * heads * head_dim per earlier token
+  attended (scores and values), each doubled for the backward pass.
+  """
+  d, e = cfg.hidden_size, cfg.head_dim
+  linear = d * e * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * cfg.intermediate_size
+  blocks = cfg.num_layers - layer - 1
+  total = 0.0
+  for n, p in zip(np.asarray(lengths), np.asarray(prompt_lens)):
+    pairs = n * (n + 1) / 2
+    forward = blocks * (2 * linear * n + 4 * cfg.num_heads * e * pairs)
+    total += 2 * forward + 2 * (2 * d * cfg.vocab_size) * (n - p)
+  return total
+
+
+def median_time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def run_breakdown(model):
+  """Where one PrOSV training step's time goes, each part jitted and timed on its own.
+
+  Parts: host (batch rows, padding, placing), bank gather, the upper blocks forward, the
+  response head and cross-entropy, the loss's forward+backward, the optimizer update, the
+  whole train_step, and its first call (compile). Also XLA's FLOP count of the step, this
+  process's measured matmul peak, and minor page faults per step.
+  """
+  import resource
+  from prosv_jax.train import step as step_lib
+  from prosv_jax.models import transformer
+  k = int(CONCEPTS.value[0])
+  with tempfile.TemporaryDirectory() as tmp:
+    config = train_config('p2+s2', k, bench_table(k, tmp), TRAIN_EXAMPLES.value)
+    trainer = Trainer(config, model)
+  trainer.prepare()
+  cfg, params, layer = model.cfg, model.params, trainer.layer
+  repeats = REPEATS.value
+  static = dict(cfg=cfg, layer=layer, positions=trainer.positions,
+                loss_kind=config.train.loss, num_concepts=trainer.num_concepts,
+                optimizer=trainer.optimizer, response_width=None)
+
+  def host():
+    batch = trainer.host_batch(trainer.batch_rows(0))
+    return trainer.make_batch(trainer.batch_rows(0)), batch
+
+  t_host = median_time(lambda: host()[0], repeats)
+  batch, host_batch = host()
+  static['response_width'] = width = trainer.response_width(host_batch)
+  state = trainer.init_state()
+  start = time.perf_counter()
+  jax.block_until_ready(step_lib.train_step(trainer.init_state(), params, batch, trainer.bank,
+                                            **static))
+  t_first = time.perf_counter() - start
+  state = trainer.init_state()
+
+  def run_step():
+    nonlocal state
+    state, _ = step_lib.train_step(state, params, batch, trainer.bank, **static)
+    return state
+
+  t_step = median_time(run_step, repeats)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  jax.block_until_ready(run_step())
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+  gather = jax.jit(lambda bank, rows, t: bank[rows, :t], static_argnums=2)
+  t_tokens = batch['tokens'].shape[1]
+  t_gather = median_time(lambda: gather(trainer.bank, batch['rows'], t_tokens), repeats)
+  h_low = gather(trainer.bank, batch['rows'], t_tokens)
+  sp = state['steer']
+
+  @jax.jit
+  def upper(h_low, batch):
+    pos, valid = transformer.positions_from_lengths(batch['length'], t_tokens, left_padded=False)
+    ctx = transformer.attention_context(cfg, pos, valid)
+    return transformer.run_blocks(params, cfg, h_low, ctx, layer + 1, cfg.num_layers)
+
+  t_upper = median_time(lambda: upper(h_low, batch), repeats)
+  h = upper(h_low, batch)
+
+  @jax.jit
+  def head_ce(h, batch):
+    src = batch['prompt_len'][:, None] - 1 + jnp.arange(width)[None, :]
+    src = jnp.clip(src, 0, t_tokens - 1)
+    h_resp = jnp.take_along_axis(h, src[..., None], axis=1).reshape(-1, h.shape[-1])
+    target = jnp.take_along_axis(batch['tokens'], jnp.clip(src + 1, 0, t_tokens - 1), axis=1)
+    return step_lib.token_logprobs(params, cfg, h_resp, target.reshape(-1))
+
+  t_head = median_time(lambda: head_ce(h, batch), repeats)
+  loss_args = (params, cfg, layer, trainer.positions, config.train.loss, trainer.num_concepts,
+               batch, h_low, width)
+  fwd = jax.jit(lambda sp: step_lib.loss_fn(sp, *loss_args)[0])
+  t_fwd = median_time(lambda: fwd(sp), repeats)
+  fwd_bwd = jax.jit(jax.grad(lambda sp: step_lib.loss_fn(sp, *loss_args)[0]))
+  t_fwd_bwd = median_time(lambda: fwd_bwd(sp), repeats)
+  grads = fwd_bwd(sp)
+  opt = jax.jit(lambda g, o, p: trainer.optimizer.update(g, o, p))
+  t_opt = median_time(lambda: opt(grads, state['opt'], state['steer']), repeats)
+
+  xla_flops = compiled_flops(step_lib.train_step, trainer.init_state(), params, batch,
+                             trainer.bank, **static)
+  flops = useful_flops(cfg, layer, host_batch['length'], host_batch['prompt_len'])
+  peak = matmul_peak()
+  real = int(np.sum(host_batch['length']))
+  emit({'case': 'breakdown', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': layer,
+        'concepts_per_step': k, 'rows': int(batch['tokens'].shape[0]),
+        'width': int(t_tokens), 'response_width': int(width), 'real_tokens': real,
+        'padded_slots': int(np.prod(batch['tokens'].shape)),
+        'seconds': {'host_batch': round(t_host, 4), 'bank_gather': round(t_gather, 4),
+                    'upper_blocks_forward': round(t_upper, 4),
+                    'head_and_cross_entropy': round(t_head, 4),
+                    'loss_forward': round(t_fwd, 4), 'loss_forward_backward': round(t_fwd_bwd, 4),
+                    'optimizer': round(t_opt, 4), 'train_step': round(t_step, 4),
+                    'first_call_with_compile': round(t_first, 2)},
+        'useful_gflop': round(flops / 1e9, 1),
+        'useful_gflop_per_s': round(flops / t_step / 1e9, 1),
+        'xla_cost_analysis_gflop': round(xla_flops / 1e9, 1),
+        'matmul_peak_gflop_per_s': round(peak / 1e9, 1),
+        'fraction_of_peak': round(flops / t_step / peak, 3),
+        'minor_page_faults_per_step': int(faults),
+        'note': 'medians of --repeats runs; useful FLOPs count real tokens only (launch/'
+                'bench.py useful_flops); XLA counts padded slots and a scan body once'})
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   model = load_model(MODEL.value, DTYPE.value)
   {'inference': run_inference, 'steer_decode': run_steer_decode, 'train': run_train,
-   'reference': run_reference}[SUITE.value](model)
+   'reference': run_reference, 'breakdown': run_breakdown}[SUITE.value](model)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prosv_jax.errors import ProsvError
 from prosv_jax.models.config import ModelConfig, rope_inv_freq
 
 Params = Any
@@ -53,6 +54,10 @@ class AttnContext(NamedTuple):
   sin: jax.Array
   cos_local: jax.Array  # sliding-window-layer rope (same as global when there is one rope)
   sin_local: jax.Array
+  # Packed rows (several examples per row): the example each query / key slot belongs to
+  # [B, T] / [B, S]; a query sees only keys of its own example. None: one example per row.
+  q_seg: jax.Array | None = None
+  k_seg: jax.Array | None = None
 
 
 def _rotate(x, cos, sin):
@@ -100,6 +105,8 @@ class Attention(nn.Module):
     if cfg.attn_softcap:
       logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
     allowed = (jnp.arange(s)[None, None, :] <= ctx.q_slot[:, :, None]) & ctx.k_valid[:, None, :]
+    if ctx.q_seg is not None:  # segments are contiguous: with the above, causal per example
+      allowed = allowed & (ctx.q_seg[:, :, None] == ctx.k_seg[:, None, :])
     if cfg.sliding_window:
       near = (ctx.q_pos[:, :, None] - ctx.k_pos[:, None, :]) < cfg.sliding_window
       allowed = allowed & (near | ~is_sliding)
@@ -172,8 +179,15 @@ def _rope_tables(cfg, rope, positions):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def attention_context(cfg, positions, valid, cache=None, cache_index=0) -> AttnContext:
-  """Rope tables and key positions/validity shared by every layer of one call."""
+def attention_context(cfg, positions, valid, cache=None, cache_index=0,
+                      segment=None) -> AttnContext:
+  """Rope tables and key positions/validity shared by every layer of one call.
+
+  segment [B, T]: for packed rows (no cache), the example of each token; positions are then
+  each token's index within its own example, so every example sees what it would alone.
+  """
+  if segment is not None and cache is not None:
+    raise ProsvError('packed rows (segment) take no KV cache; pass one of them')
   b, t = positions.shape
   cos, sin = _rope_tables(cfg, cfg.rope, positions)
   cos_l, sin_l = _rope_tables(cfg, cfg.rope_local, positions) if cfg.rope_local else (cos, sin)
@@ -184,7 +198,7 @@ def attention_context(cfg, positions, valid, cache=None, cache_index=0) -> AttnC
     k_pos = jax.lax.dynamic_update_slice_in_dim(cache['pos'], positions.astype(jnp.int32),
                                                 cache_index, axis=1)
     k_valid = jax.lax.dynamic_update_slice_in_dim(cache['valid'], valid, cache_index, axis=1)
-  return AttnContext(q_slot, positions, k_pos, k_valid, cos, sin, cos_l, sin_l)
+  return AttnContext(q_slot, positions, k_pos, k_valid, cos, sin, cos_l, sin_l, segment, segment)
 
 
 def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:

@@ -150,11 +150,16 @@ def test_auto_packs_where_it_saves_slots(tmp_path, tiny_model, tiny_model_path):
   for concepts in ((0,), (0, 1, 2)):
     c = tiny_config(tiny_model_path, tmp_path, **{'data.concepts': concepts})
     trainer = Trainer(c, tiny_model)
-    packed = sum(trainer.packed_batch(trainer.batch_rows(s))['tokens'].size
-                 for s in range(trainer.steps_per_epoch))
-    padded = sum(trainer.host_batch(trainer.batch_rows(s))['tokens'].size
-                 for s in range(trainer.steps_per_epoch))
-    assert trainer.packed == (packed < padded), (concepts, packed, padded)
+    steps = range(trainer.total_steps)
+    packed = [trainer.packed_batch(trainer.batch_rows(s)) for s in steps]
+    padded = sum(trainer.host_batch(trainer.batch_rows(s))['tokens'].size for s in steps)
+    slots = sum(b['tokens'].size for b in packed)
+    assert trainer.packed == (slots < padded), (concepts, slots, padded)
+    # One shape per row count: its LM-head slots are those of its most demanding step.
+    by_rows = {}
+    for b in packed:
+      by_rows.setdefault(len(b['tokens']), set()).add(len(b['head_src']))
+    assert all(len(heads) == 1 for heads in by_rows.values()), by_rows
     assert Trainer(sweep.apply(c, {'data.pack': 'on'}), tiny_model).packed
     assert not Trainer(sweep.apply(c, {'data.pack': 'off'}), tiny_model).packed
   assert trainer.packed  # three concepts a step fill packed rows better

@@ -75,7 +75,8 @@ class Trainer:
     self.pack_width = data.pack_width(data.example_lengths(self.flat),
                                       int(config.data.pad_multiple))
     self.row_multiple = 1 if self.mesh is None else int(self.mesh.shape[parallel.DATA])
-    self.packed = self._choose_packing()
+    self.head_slots = {}  # packed LM-head slots per packed row count; _plan_packing()
+    self.packed = self._plan_packing()
     self.slots = self.real_tokens = 0  # token slots and real tokens of the steps run so far
     self.bank = None  # [N, W, D] block-L outputs, or None (recomputed each step); prepare()
     self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
@@ -133,8 +134,12 @@ class Trainer:
     """host_batch's examples packed into rows of pack_width (data.pack_batch): the same
     losses and gradients, without the padded slots."""
     rows = self._with_losers(rows)
-    batch = data.pack_batch([self.flat[r] for r in rows], self.pad_id, self.pack_width,
-                            row_multiple=self.row_multiple)
+    examples = [self.flat[r] for r in rows]
+    row, start = data.first_fit_decreasing(data.example_lengths(examples), self.pack_width)
+    head = self.head_slots.get(round_up(int(row.max()) + 1, self.row_multiple))
+    batch = data.packed_arrays(examples, row, start, self.pad_id, self.pack_width,
+                               num_head=head or 0, row_multiple=self.row_multiple,
+                               head_multiple=int(self.config.data.pad_multiple) if head else 0)
     return self._add_rows(batch, rows)
 
   def _add_rows(self, batch: dict, rows: list[int]) -> dict:
@@ -148,22 +153,34 @@ class Trainer:
     rows = self.batch_rows(step)
     return self.packed_batch(rows) if self.packed else self.host_batch(rows)
 
-  def _choose_packing(self) -> bool:
-    """data.pack: 'on', 'off', or 'auto': packed when the first epoch's steps need fewer token
-    slots packed than right-padded (they do when several concepts share a step; one concept's
-    12 rows often fit their padded rows about as well)."""
+  def _plan_packing(self) -> bool:
+    """Lays out every step of the run once (numpy on the host, fast) and applies data.pack:
+    'on', 'off', or 'auto' = packed when the run's steps need fewer token slots packed than
+    right-padded (they do when several concepts share a step; one concept's 12 rows often fit
+    their padded rows about as well).
+
+    Each packed row count gets the head slots of its most demanding step (head_slots), so
+    the run compiles one step per row count, about as many as right-padded widths, rather
+    than one per (rows, head slots) pair.
+    """
     mode = self.config.data.pack
-    if mode != 'auto':
-      return mode == 'on'
+    if mode == 'off':
+      return False
     multiple = int(self.config.data.pad_multiple)
     lengths = data.example_lengths(self.flat)
+    responses = np.array([len(e.response) for e in self.flat])
     padded = packed = 0
-    for step in range(self.steps_per_epoch):
-      ex = lengths[self._with_losers(self.batch_rows(step))]
-      padded += round_up(int(ex.max()), multiple) * len(ex)
-      row, _ = data.first_fit_decreasing(ex, self.pack_width)
-      packed += round_up(int(row.max()) + 1, self.row_multiple) * self.pack_width
-    return packed < padded
+    heads = {}
+    for step in range(self.total_steps):
+      ex = np.asarray(self._with_losers(self.batch_rows(step)))
+      row, _ = data.first_fit_decreasing(lengths[ex], self.pack_width)
+      rows = round_up(int(row.max()) + 1, self.row_multiple)
+      heads[rows] = max(heads.get(rows, 0), int(responses[ex].sum()))
+      packed += rows * self.pack_width
+      padded += round_up(int(lengths[ex].max()), multiple) * len(ex)
+    head_multiple = int(np.lcm(multiple, self.row_multiple))
+    self.head_slots = {r: round_up(h, head_multiple) for r, h in heads.items()}
+    return mode == 'on' or packed < padded
 
   def _pass_batches(self, examples: list[data.Example], rows: int) -> list:
     """[(numpy packed batch, indices into `examples`)] covering `examples` once, all of one

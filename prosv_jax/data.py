@@ -7,6 +7,9 @@ dataset_category; they are kept when present, and only `category` changes what i
 
 Training examples for concept c are its positive rows: the instruction through the chat
 template (with the generation prompt), then the response tokens, with no EOS appended.
+
+A batch is either right-padded (pad_batch: one example per row) or packed (pack_batch: several
+examples per row, each attending only to itself, so the compute goes to real tokens).
 """
 
 import collections

@@ -1,6 +1,8 @@
 """The Trainer: one job's frozen model, concepts, block-L bank, optimizer and jitted step.
 
 Its batches are a pure function of the step, so a checkpoint's step is also its data position.
+Which examples a step trains on never depends on their layout: with data.pack the same
+examples are packed several to a row (data.pack_batch) instead of one per padded row.
 The job around it (loop, checkpoints, logs, exports) is prosv_jax.train.job.
 """
 

@@ -190,7 +190,9 @@ def run_train(model):
               'steps_per_s': round(TRAIN_STEPS.value / secs, 4),
               'tokens_per_s': round(tokens / secs, 1),
               'concept_steps_per_s': round(k * TRAIN_STEPS.value / secs, 4),
-              'bank_s': round(bank_s, 2), 'bank_rows': len(trainer.flat)})
+              'bank_s': round(bank_s, 2), 'bank_rows': len(trainer.flat),
+              'packed': trainer.packed,  # token slots per real token: padding's share
+              'slots_per_token': round(trainer.slots_per_token, 4)})
 
 
 def run_reference(model):

@@ -24,7 +24,8 @@ the tokenizer then comes from --model (SmolLM2 by default), whose ids every shap
 Output: one JSON object on stdout: command, machine (the real machine, as a probe process
 sees it: with simulated devices that is one CPU device), settings, and results, one row per
 (D, K): steps_per_s, concept_steps_per_s (K x steps/s), tokens_per_s (real prompt + response
-tokens, no padding), tokens_per_step, padded_tokens_per_step (rows x padded width), compile_s
+tokens, no padding), tokens_per_step, padded_tokens_per_step (token slots: rows x width),
+packed (whether the steps packed several examples per row: data.pack), compile_s
 (JAX tracing + lowering + compiling during the warm-up, from jax.monitoring), compiled_shapes
 (warm-up steps), first_step_s (the first warm-up step: compile + one step), bank_s (block-L
 bank, its compile included), peak_rss_gb (the worker's resident-set high-water mark so far: K
@@ -302,10 +303,11 @@ def run_case(model, k: int, devices, mesh_shape, layer: int, source: str, folder
   # Bucketed batches come in a few widths and each width compiles once. The first step of
   # every width the timed steps will meet runs beforehand, so the timed loop never compiles.
   steps = range(STEPS.value)
-  batches = [trainer.host_batch(trainer.batch_rows(s)) for s in steps]
+  batches = [trainer.train_batch(s) for s in steps]  # packed or right-padded, as trained
   first_of_shape = {}
   for s, b in zip(steps, batches):
-    first_of_shape.setdefault((b['tokens'].shape, trainer.response_width(b)), s)
+    width = 0 if trainer.packed else trainer.response_width(b)
+    first_of_shape.setdefault((tuple(v.shape for v in b.values()), width), s)
   state = trainer.init_state()
   compiled_before = _compile_seconds[0]
   warm_s = []
@@ -330,6 +332,7 @@ def run_case(model, k: int, devices, mesh_shape, layer: int, source: str, folder
          'concept_steps_per_s': round(k * n / secs, 4), 'tokens_per_s': round(tokens / secs, 1),
          'tokens_per_step': round(tokens / n),
          'padded_tokens_per_step': round(sum(b['tokens'].size for b in batches) / n),
+         'packed': trainer.packed,
          'compile_s': round(compile_s, 2), 'compiled_shapes': len(first_of_shape),
          'first_step_s': round(warm_s[0], 2), 'bank_s': round(bank_s, 2),
          'peak_rss_gb': round(peak_rss_gb(), 3), 'remat': bool(config.train.remat)}

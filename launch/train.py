@@ -58,6 +58,9 @@ def summary_lines(summary: dict) -> list[str]:
   if summary.get('steps_per_s'):
     lines.append(f'  throughput: {summary["steps_per_s"]:.3g} steps/s, '
                  f'{summary["tokens_per_s"]:.0f} tokens/s')
+  if summary.get('slots_per_token'):  # padding's share of the compute (data.pack)
+    layout = 'packed rows' if summary.get('packed') else 'right-padded rows'
+    lines.append(f'  token slots per real token: {summary["slots_per_token"]:.3g} ({layout})')
   return lines
 
 

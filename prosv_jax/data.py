@@ -7,6 +7,9 @@ dataset_category; they are kept when present, and only `category` changes what i
 
 Training examples for concept c are its positive rows: the instruction through the chat
 template (with the generation prompt), then the response tokens, with no EOS appended.
+
+A batch is either right-padded (pad_batch: one example per row) or packed (pack_batch: several
+examples per row, each attending only to itself, so the compute goes to real tokens).
 """
 
 import collections
@@ -309,6 +312,156 @@ def pad_batch(examples: list[Example], pad_id: int, multiple: int = 16) -> dict[
       'length': lengths.astype(np.int32),
       'concept': np.array([e.concept for e in examples], np.int32),
   }
+
+
+# --- packed batches ------------------------------------------------------------
+#
+# Packing puts several examples into one row, so a step spends no compute on padding: each
+# example keeps its own tokens, rope positions (index within the example) and causal attention
+# (only its own earlier tokens), so its log-probs are those of the unpacked row up to fp32
+# rounding. The per-example arrays the losses use (prompt_len, length, concept) stay [B]; the
+# token arrays become [R, W] packed rows, with where each example sits (seg_row, seg_start)
+# and, per token, its example (segment, -1 on padding) and index within it (rel).
+
+# Rows this many mean examples wide: first-fit decreasing then fills them to within a few
+# percent (AxBench Concept10, 8 concepts x 12 rows a step: 1.05 slots per real token at
+# 640 wide), while dense attention costs more per slot the wider a row is.
+PACK_MEAN_EXAMPLES = 4
+
+
+def pack_width(lengths, multiple: int = 16) -> int:
+  """Packed row width: PACK_MEAN_EXAMPLES mean examples, at least the longest, rounded up to
+  `multiple`. lengths: the example lengths [N] of the whole run (one width, few shapes)."""
+  lengths = np.asarray(lengths)
+  if lengths.size == 0:
+    raise ProsvError('pack_width got no examples')
+  return round_up(max(int(lengths.max()), math.ceil(PACK_MEAN_EXAMPLES * lengths.mean())),
+                  multiple)
+
+
+def first_fit_decreasing(lengths, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Places items of `lengths` [N] in rows of `width`: longest first (ties in index order, so
+  the layout is a pure function of the lengths), each into the first row it fits.
+
+  Returns row [N] and start [N] (int32): item i fills row[i], slots start[i] .. + length - 1.
+  Rows are numbered in the order they were opened.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  if lengths.size and (lengths.max() > width or lengths.min() < 1):
+    raise ProsvError(f'cannot pack lengths {lengths.min()}..{lengths.max()} into rows of '
+                     f'{width}; every length must be 1..width (raise the width)')
+  row = np.zeros(len(lengths), np.int32)
+  start = np.zeros(len(lengths), np.int32)
+  free = np.zeros(len(lengths), np.int64)  # free slots of each open row
+  used = 0
+  for i in np.argsort(-lengths, kind='stable'):
+    fits = np.flatnonzero(free[:used] >= lengths[i])
+    r = int(fits[0]) if fits.size else used
+    if not fits.size:
+      free[r], used = width, used + 1
+    row[i], start[i] = r, width - free[r]
+    free[r] -= lengths[i]
+  return row, start
+
+
+def pack_batch(examples: list[Example], pad_id: int, width: int, row_multiple: int = 1,
+               head_multiple: int = 0) -> dict[str, np.ndarray]:
+  """One batch of `examples` packed into rows of `width` (first_fit_decreasing).
+
+  row_multiple: the row count is rounded up to it (e.g. the mesh's 'data' size, so rows
+  split evenly over devices). head_multiple: the head-slot count is rounded up to it
+  (0 = width: at most one row's worth of head slots is padding, so few shapes compile).
+
+  Returns (B examples, R rows, H head slots):
+    tokens int32 [R, W]: examples side by side, then pad_id;
+    segment int32 [R, W]: the example (0..B-1) each token belongs to, -1 on padding;
+    rel int32 [R, W]: each token's index within its example (its rope position), 0 on padding;
+    prompt_len, length, concept, seg_row, seg_start int32 [B]: per example, with the row and
+      first slot where it sits;
+    head_src int32 [H]: flat index (row * W + slot) of every position that predicts a
+      response token (the only places the LM head runs), 0 on padding;
+    head_example int32 [H]: the example of each, B on padding (dropped from per-example sums).
+  """
+  if not examples:
+    raise ProsvError('pack_batch got no examples')
+  row, start = first_fit_decreasing(example_lengths(examples), width)
+  return packed_arrays(examples, row, start, pad_id, width, row_multiple=row_multiple,
+                       head_multiple=head_multiple)
+
+
+def packed_arrays(examples: list[Example], row, start, pad_id: int, width: int, *,
+                  num_rows: int = 0, num_examples: int = 0, num_head: int = 0,
+                  row_multiple: int = 1, head_multiple: int = 0) -> dict[str, np.ndarray]:
+  """pack_batch's arrays for a given layout (row [B], start [B]), at least num_rows rows,
+  num_examples examples (the extra ones are empty: length 0, concept -1, no tokens, no
+  head slots) and num_head head slots, so batches of one size can share one shape."""
+  if any(len(e.prompt) == 0 for e in examples):
+    raise ProsvError('an example has no prompt tokens; its first response token would have '
+                     'nothing to be predicted from (keep the chat template on)')
+  lengths = example_lengths(examples)
+  rows = round_up(max(num_rows, int(np.max(row, initial=-1)) + 1, 1), row_multiple)
+  b = max(num_examples, len(examples))
+  tokens = np.full((rows, width), pad_id, np.int32)
+  segment = np.full((rows, width), -1, np.int32)
+  rel = np.zeros((rows, width), np.int32)
+  head_src, head_example = [], []
+  for i, (ex, r, s) in enumerate(zip(examples, row, start)):
+    end = s + ex.length
+    tokens[r, s:s + len(ex.prompt)] = ex.prompt
+    tokens[r, s + len(ex.prompt):end] = ex.response
+    segment[r, s:end] = i
+    rel[r, s:end] = np.arange(ex.length)
+    # Slot p predicts token p + 1: the response tokens are predicted from prompt_len - 1 on.
+    head_src.append(r * width + np.arange(s + len(ex.prompt) - 1, end - 1))
+    head_example.append(np.full(len(ex.response), i))
+  head_src = np.concatenate(head_src) if head_src else np.zeros(0, np.int64)
+  head = round_up(max(num_head, len(head_src), 1), np.lcm(head_multiple or width, row_multiple))
+  pad = head - len(head_src)
+  fill = lambda values, extra: np.concatenate([np.asarray(values), np.full(b - len(examples),
+                                                                           extra)])
+  return {
+      'tokens': tokens, 'segment': segment, 'rel': rel,
+      'prompt_len': fill([len(e.prompt) for e in examples], 0).astype(np.int32),
+      'length': fill(lengths, 0).astype(np.int32),
+      'concept': fill([e.concept for e in examples], -1).astype(np.int32),
+      'seg_row': fill(row, 0).astype(np.int32),
+      'seg_start': fill(start, 0).astype(np.int32),
+      'head_src': np.concatenate([head_src, np.zeros(pad, np.int64)]).astype(np.int32),
+      'head_example': np.concatenate([np.concatenate(head_example) if head_example else
+                                      np.zeros(0, np.int64), np.full(pad, b)]).astype(np.int32),
+  }
+
+
+def pack_batches(examples: list[Example], pad_id: int, width: int, rows_per_batch: int,
+                 row_multiple: int = 1) -> list[tuple[dict, np.ndarray]]:
+  """All of `examples` packed into rows of `width` together, cut into batches of
+  rows_per_batch rows, every batch of the same shapes (one compile): (arrays, indices into
+  `examples` of the batch's examples, in the arrays' order). For passes over a whole set
+  (evaluation, the block-L bank) where which examples meet in a batch does not matter."""
+  if rows_per_batch < 1:
+    raise ProsvError(f'rows_per_batch must be at least 1, got {rows_per_batch}')
+  if not examples:
+    return []
+  row, start = first_fit_decreasing(example_lengths(examples), width)
+  rows = int(row.max()) + 1
+  per = -(-rows // -(-rows // rows_per_batch))  # even batches: the last is not mostly pad
+  groups = [np.flatnonzero(row // per == g) for g in range(-(-rows // per))]
+  num_examples = max(len(g) for g in groups)
+  num_head = max(sum(len(examples[i].response) for i in g) for g in groups)
+  return [(packed_arrays([examples[i] for i in g], row[g] - g_index * per, start[g], pad_id,
+                         width, num_rows=per, num_examples=num_examples, num_head=num_head,
+                         row_multiple=row_multiple), g) for g_index, g in enumerate(groups)]
+
+
+def is_packed(batch: dict) -> bool:
+  """Whether a batch is packed rows (pack_batch) or one right-padded row per example."""
+  return 'segment' in batch
+
+
+def slots_per_token(batch: dict) -> float:
+  """Token slots of a batch (packed or padded) per real token: 1.0 means no padding."""
+  real = int(np.sum(np.asarray(batch['length'])))
+  return np.asarray(batch['tokens']).size / max(real, 1)
 
 
 def batch_padding_fraction(batches: list[np.ndarray], examples, multiple: int = 16) -> float:

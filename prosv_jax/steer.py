@@ -58,8 +58,14 @@ def position_mask(pos: Positions, prompt_len, length, width: int, pad_left=None)
   t = jnp.arange(width)[None, :]
   start = jnp.zeros_like(jnp.asarray(prompt_len)) if pad_left is None else jnp.asarray(pad_left)
   rel = t - start[:, None]  # index within the row's own tokens
-  prompt_len = jnp.asarray(prompt_len)[:, None]
-  in_row = (rel >= 0) & (rel < jnp.asarray(length)[:, None])
+  return token_mask(pos, rel, jnp.asarray(prompt_len)[:, None], jnp.asarray(length)[:, None])
+
+
+def token_mask(pos: Positions, rel, prompt_len, length) -> jax.Array:
+  """Where to edit, token by token: rel is each token's index within its own example, and
+  prompt_len / length are that example's (all broadcast together, e.g. [R, W] for packed rows,
+  where each token carries its own example's numbers; length 0 marks padding)."""
+  in_row = (rel >= 0) & (rel < length)
   if pos.full_sequence:
     return in_row
   if pos.whole_prompt:
@@ -80,10 +86,13 @@ def init_steer_params(rng: jax.Array, width: int, num_concepts: int, beta: float
 
 
 def apply_steer(steer_params: dict, concept_ids: jax.Array, h: jax.Array) -> jax.Array:
-  """h [B, T, D] + factor[c_b] * direction[c_b] for each row's concept c_b (computed in fp32)."""
-  factor = steer_params['factor'][concept_ids]  # [B]
-  direction = steer_params['direction'][concept_ids]  # [B, D]
-  edit = factor[:, None, None] * direction[:, None, :]
+  """h [B, T, D] + factor[c] * direction[c] (computed in fp32), c the concept of each row
+  (concept_ids [B]) or of each token (concept_ids [B, T]: packed rows mix examples)."""
+  factor = steer_params['factor'][concept_ids]  # [B] or [B, T]
+  direction = steer_params['direction'][concept_ids]  # [B, D] or [B, T, D]
+  if concept_ids.ndim == 1:
+    factor, direction = factor[:, None], direction[:, None, :]
+  edit = factor[..., None] * direction
   return (h.astype(jnp.float32) + edit).astype(h.dtype)
 
 

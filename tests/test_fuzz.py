@@ -150,6 +150,8 @@ TRAIN_CASES = {
     'bad_positions': (['--config.positions=p2+x'], ['p2+x', 'pN+sM'],
                       '--config.positions=p2+s2'),
     'layer_negative': (['--config.layer=-1'], ['layer=-1'], '--config.layer=1'),
+    'bad_pack': (['--config.data.pack=yes'], ["data.pack='yes'", 'auto, on, off'],
+                 '--config.data.pack=on'),
     'mesh_too_big': (['--config.mesh.data=64'], ['mesh.data=64'], '--config.mesh.data=1'),
     'mesh_zero': (['--config.mesh.model=0'], ['mesh.model=0'], '--config.mesh.model=1'),
     'unknown_concept': (['--config.data.concepts=99'], ['99', 'available ids'],

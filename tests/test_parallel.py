@@ -86,6 +86,10 @@ def _worker_devices(model_path, out_dir):
       'one_nobank': (1, 1, {'train.cache_hidden': False}),
       'd2m2_nobank': (2, 2, {'train.cache_hidden': False}),
       'one_simpo': (1, 1, {'train.loss': 'simpo'}),  # neutral answers: sharded generation
+      # Packed and right-padded rows on a mesh (packed rows split evenly over 'data').
+      'one_padded': (1, 1, {'data.pack': 'off'}),
+      'd2m2_packed': (2, 2, {'data.pack': 'on', 'mesh.shard_concepts': True}),
+      'd4m1_packed_nobank': (4, 1, {'data.pack': 'on', 'train.cache_hidden': False}),
       'd1m4_simpo': (1, -1, {'train.loss': 'simpo'}),
   }
   for name, (data, model, overrides) in runs.items():
@@ -365,6 +369,13 @@ def test_sharded_training_equals_one_device(four_devices, name):
 def test_a_run_resumes_on_another_mesh(four_devices):
   runs = four_devices['runs']
   assert_same_run(runs['resumed'], runs['one'])
+
+
+@pytest.mark.parametrize('name', ['d2m2_packed', 'd4m1_packed_nobank'])
+def test_sharded_packed_training_equals_one_device_padded(four_devices, name):
+  runs = four_devices['runs']
+  assert_same_run(runs[name], runs['one_padded'])
+  assert_same_run(runs['one'], runs['one_padded'])  # 'auto', whichever it picked
 
 
 def test_sharded_training_without_the_bank_equals_one_device(four_devices):

@@ -76,6 +76,35 @@ def test_each_row_uses_its_own_concept():
   np.testing.assert_array_equal(out[:, 0], [[1, 0], [0, 2], [1, 0]])
 
 
+def test_each_token_may_carry_its_own_concept():
+  """Packed rows mix examples: concept ids [B, T] pick per token, and rows of one id give
+  exactly the per-row result."""
+  params = {'factor': jnp.array([1.0, 2.0]), 'direction': jnp.array([[1.0, 0.0], [0.0, 1.0]])}
+  h = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 2)), jnp.float32)
+  per_row = np.asarray(steer.apply_steer(params, jnp.array([1, 0]), h))
+  per_token = np.asarray(steer.apply_steer(params, jnp.array([[1, 1, 1], [0, 0, 0]]), h))
+  assert np.array_equal(per_row, per_token)
+  mixed = np.asarray(steer.apply_steer(params, jnp.array([[0, 1, 0], [1, 1, 0]]),
+                                       jnp.zeros((2, 3, 2))))
+  np.testing.assert_array_equal(mixed, [[[1, 0], [0, 2], [1, 0]], [[0, 2], [0, 2], [1, 0]]])
+
+
+@pytest.mark.parametrize('spec', ['p2+s2', 'p1', 's3', 'prompt', 'all'])
+def test_token_mask_counts_on_each_tokens_own_example(spec):
+  """Two examples side by side in one row, then padding (length 0): the same mask as each
+  alone in its own right-padded row."""
+  pos = steer.parse_positions(spec)
+  prompt_len, length = np.array([5, 3]), np.array([7, 4])
+  alone = np.asarray(steer.position_mask(pos, prompt_len, length, 7))
+  example = np.array([0] * 7 + [1] * 4 + [-1] * 2)
+  rel = np.concatenate([np.arange(7), np.arange(4), [0, 0]])
+  per = lambda v: np.where(example >= 0, v[np.maximum(example, 0)], 0)
+  got = np.asarray(steer.token_mask(pos, rel, per(prompt_len), per(length)))
+  np.testing.assert_array_equal(got[:7], alone[0])
+  np.testing.assert_array_equal(got[7:11], alone[1, :4])
+  assert not got[11:].any()
+
+
 def test_factor_zero_is_bit_identical():
   cfg = ModelConfig(family='llama', vocab_size=61, hidden_size=32, intermediate_size=40,
                     num_layers=3, num_heads=4, num_kv_heads=2, head_dim=8)

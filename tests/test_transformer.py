@@ -122,6 +122,47 @@ def test_steer_touches_only_masked_positions(name):
 
 
 @pytest.mark.parametrize('name', list(CONFIGS))
+def test_packed_rows_equal_each_sequence_alone(name):
+  """Several sequences in one row (segment ids, positions within each): every one gets the
+  logits it gets alone, sliding windows included (gemma: window 3), and none sees another."""
+  cfg = CONFIGS[name]
+  params = _params(cfg)
+  lengths = np.array([5, 3, 6, 2])
+  toks = np.asarray(_tokens(4, 6))
+  pos, valid = transformer.positions_from_lengths(lengths, 6, False)
+  alone = np.asarray(transformer.forward(params, cfg, jnp.asarray(toks), pos, valid).logits)
+  layout = [(0, 0), (0, 5), (1, 0), (1, 6)]  # (row, start): rows [5 | 3 | pad], [6 | 2 | pad]
+  tokens, segment, rel = np.zeros((2, 9), np.int32), np.full((2, 9), -1), np.zeros((2, 9), int)
+  for i, (row, start) in enumerate(layout):
+    n = lengths[i]
+    tokens[row, start:start + n] = toks[i, :n]
+    segment[row, start:start + n] = i
+    rel[row, start:start + n] = np.arange(n)
+
+  def packed(tokens):
+    ctx = transformer.attention_context(cfg, jnp.asarray(rel), jnp.asarray(segment >= 0),
+                                        segment=jnp.asarray(segment))
+    h = transformer.run_blocks(params, cfg, transformer.embed(params, cfg, jnp.asarray(tokens)),
+                               ctx, 0, cfg.num_layers)
+    return np.asarray(transformer.head(params, cfg, h))
+
+  got = packed(tokens)
+  for i, (row, start) in enumerate(layout):
+    n = lengths[i]
+    np.testing.assert_allclose(got[row, start:start + n], alone[i, :n], atol=2e-5, rtol=1e-5)
+  # Other tokens in sequence 0's slots leave its neighbour in the row bit-identical.
+  other = tokens.copy()
+  other[0, :5] = (other[0, :5] + 7) % 97
+  changed = packed(other)
+  assert np.array_equal(changed[0, 5:8], got[0, 5:8]) and np.array_equal(changed[1], got[1])
+  assert np.abs(changed[0, :5] - got[0, :5]).max() > 1e-3
+  with pytest.raises(ProsvError, match='no KV cache'):
+    transformer.attention_context(cfg, jnp.asarray(rel), jnp.asarray(segment >= 0),
+                                  cache=transformer.init_cache(cfg, 2, 9),
+                                  segment=jnp.asarray(segment))
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
 def test_cached_prefill_steer_matches_uncached(name):
   """The seam inside the cached scan edits exactly what the split scan edits."""
   cfg = CONFIGS[name]

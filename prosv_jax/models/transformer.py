@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prosv_jax.errors import ProsvError
 from prosv_jax.models.config import ModelConfig, rope_inv_freq
 
 Params = Any
@@ -58,6 +59,10 @@ class AttnContext(NamedTuple):
   sin_local: jax.Array
   cache_pos: jax.Array | None = None  # [B, S] rope position of each cache slot (KV cache only)
   cache_valid: jax.Array | None = None  # [B, S] slot holds a token written by an earlier call
+  # Packed rows (several examples per row): the example each query / key slot belongs to
+  # [B, T] / [B, S]; a query sees only keys of its own example. None: one example per row.
+  q_seg: jax.Array | None = None
+  k_seg: jax.Array | None = None
 
 
 def _rotate(x, cos, sin):
@@ -104,6 +109,8 @@ def _attend(cfg, q, k, v, ctx, is_sliding):
   if cfg.attn_softcap:
     logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
   allowed = (jnp.arange(t)[None, None, :] <= ctx.q_slot[:, :, None]) & ctx.k_valid[:, None, :]
+  if ctx.q_seg is not None:  # segments are contiguous: with the above, causal per example
+    allowed = allowed & (ctx.q_seg[:, :, None] == ctx.k_seg[:, None, :])
   if cfg.sliding_window:
     near = (ctx.q_pos[:, :, None] - ctx.k_pos[:, None, :]) < cfg.sliding_window
     allowed = allowed & (near | ~is_sliding)
@@ -212,9 +219,15 @@ def _rope_tables(cfg, rope, positions):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def attention_context(cfg, positions, valid, cache=None) -> AttnContext:
+def attention_context(cfg, positions, valid, cache=None, segment=None) -> AttnContext:
   """Rope tables and key positions/validity shared by every layer of one call; with a cache,
-  also its slots written by earlier calls."""
+  also its slots written by earlier calls.
+
+  segment [B, T]: for packed rows (no cache), the example of each token; positions are then
+  each token's index within its own example, so every example sees what it would alone.
+  """
+  if segment is not None and cache is not None:
+    raise ProsvError('packed rows (segment) take no KV cache; pass one of them')
   b, t = positions.shape
   cos, sin = _rope_tables(cfg, cfg.rope, positions)
   cos_l, sin_l = _rope_tables(cfg, cfg.rope_local, positions) if cfg.rope_local else (cos, sin)
@@ -223,7 +236,7 @@ def attention_context(cfg, positions, valid, cache=None) -> AttnContext:
   if cache is not None:
     cache_pos, cache_valid = cache['pos'], cache['valid']
   return AttnContext(q_slot, positions, positions, valid, cos, sin, cos_l, sin_l, cache_pos,
-                     cache_valid)
+                     cache_valid, segment, segment)
 
 
 def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:

@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_response_tokens = 0
   c.data.bucket = True  # sort by length within windows of < half an epoch (less padding)
   c.data.pad_multiple = 16  # pad widths to a multiple of this (fewer compiled shapes)
+  # Several examples per row (same losses, no compute on padding): 'on', 'off', or 'auto' =
+  # on when it needs fewer token slots than padded rows (e.g. several concepts per step).
+  c.data.pack = 'auto'
 
   c.steer = ml_collections.ConfigDict()
   c.steer.beta = PAPER_GEMMA2_2B_L10['beta']  # factor init size: factor0 = beta * sqrt(width)
@@ -258,6 +261,7 @@ def preset_sweep(method: str, name: str) -> list[dict]:
 
 
 LOSSES = ('lang', 'simpo')
+PACK_MODES = ('auto', 'on', 'off')
 # Adam moves every coordinate by about one LR per step, so an LR far above the factor's init
 # scale (beta * sqrt(n), ~200 at the paper's width) throws the factor away on the first step.
 # The paper's grids go up to 40; 1000 is 25x that and still refuses typos such as 1e30.
@@ -323,6 +327,8 @@ def check_config(config) -> None:
   """Value checks that ml_collections' type checks cannot do; one line each, before loading."""
   if config.train.loss not in LOSSES:
     raise ProsvError(f'train.loss={config.train.loss!r}; use one of {", ".join(LOSSES)}')
+  if config.data.pack not in PACK_MODES:
+    raise ProsvError(f'data.pack={config.data.pack!r}; use one of {", ".join(PACK_MODES)}')
   if config.dtype not in ('float32', 'bfloat16'):
     raise ProsvError(f'dtype={config.dtype!r}; use float32 or bfloat16')
   _check_numbers(config)

@@ -70,7 +70,10 @@ def _check_same_config(workdir: str, config_json: str):
     with open(path) as f:
       old = json.load(f)
     new = json.loads(config_json)
-    # The mesh says how to run, not what to train: a run may resume on other devices.
+    # The mesh says how to run, not what to train: a run may resume on other devices. So
+    # does data.pack (the same losses, laid out otherwise), absent from older workdirs.
+    for c in (old, new):
+      c.get('data', {}).pop('pack', None)
     changed = sorted(k for k in set(old) | set(new)
                      if k not in ('workdir', 'show', 'mesh') and old.get(k) != new.get(k))
     if changed:
@@ -278,6 +281,9 @@ def _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, star
       'residual_rms': _residual_rms(trainer),
       'factor_lr': factor_lr, 'direction_lr': direction_lr,
       'hidden_cache': trainer.bank is not None,
+      'packed': trainer.packed,
+      'slots_per_token': (None if trainer.slots_per_token is None
+                          else round(trainer.slots_per_token, 4)),
       'setup_s': round(setup_s, 2), 'train_s': round(train_s, 2),
       'steps_per_s': round(ran / train_s, 4) if ran and train_s else None,
       'tokens_per_s': round(tokens / train_s, 1) if ran and train_s else None,

@@ -1,6 +1,8 @@
 """The Trainer: one job's frozen model, concepts, block-L bank, optimizer and jitted step.
 
 Its batches are a pure function of the step, so a checkpoint's step is also its data position.
+Which examples a step trains on never depends on their layout: with data.pack the same
+examples are packed several to a row (data.pack_batch) instead of one per padded row.
 The job around it (loop, checkpoints, logs, exports) is prosv_jax.train.job.
 """
 
@@ -20,7 +22,8 @@ from prosv_jax.train import optim
 from prosv_jax.train.concepts import (concept_seed, load_concepts, neutral_responses,
                                      read_concepts)
 from prosv_jax.train.config import check_config
-from prosv_jax.train.step import eval_sums, lower_hidden_jit, reference_logprobs, train_step
+from prosv_jax.train.step import (batch_lower_hidden_jit, eval_sums, lower_hidden_jit,
+                                  reference_logprobs, train_step)
 from prosv_jax.padding import round_up
 
 
@@ -69,6 +72,14 @@ class Trainer:
     if self.concepts.losers:
       self.flat += [ex for per in self.concepts.losers for ex in per]
     self.lengths = [data.example_lengths(per) for per in self.concepts.examples]
+    # Packing (data.pack): rows of one width for the whole run, their count a multiple of the
+    # mesh's 'data' size so they split evenly over its devices.
+    self.pack_width = data.pack_width(data.example_lengths(self.flat),
+                                      int(config.data.pad_multiple))
+    self.row_multiple = 1 if self.mesh is None else int(self.mesh.shape[parallel.DATA])
+    self.head_slots = {}  # packed LM-head slots per packed row count; _plan_packing()
+    self.packed = self._plan_packing()
+    self.slots = self.real_tokens = 0  # token slots and real tokens of the steps run so far
     self.bank = None  # [N, W, D] block-L outputs, or None (recomputed each step); prepare()
     self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
     self._prepared = False
@@ -106,21 +117,91 @@ class Trainer:
       offset += len(lengths)
     return rows
 
-  def host_batch(self, rows: list[int]) -> dict:
-    """The numpy batch of global rows `rows` (every process builds the same one)."""
-    if self.concepts.losers:  # winners then losers of the same instructions
+  def _with_losers(self, rows: list[int]) -> list[int]:
+    """The global examples a step of `rows` trains on: SimPO adds each row's loser after all
+    the winners (simpo_loss reads [winners; losers])."""
+    if self.concepts.losers:
       n = len(self.flat) // 2
       rows = rows + [r + n for r in rows]
+    return rows
+
+  def host_batch(self, rows: list[int]) -> dict:
+    """The right-padded numpy batch of global rows `rows` (every process builds the same one)."""
+    rows = self._with_losers(rows)
     examples = [self.flat[r] for r in rows]
     batch = data.pad_batch(examples, self.pad_id, int(self.config.data.pad_multiple))
+    return self._add_rows(batch, rows)
+
+  def packed_batch(self, rows: list[int]) -> dict:
+    """host_batch's examples packed into rows of pack_width (data.pack_batch): the same
+    losses and gradients, without the padded slots."""
+    rows = self._with_losers(rows)
+    examples = [self.flat[r] for r in rows]
+    row, start = data.first_fit_decreasing(data.example_lengths(examples), self.pack_width)
+    head = self.head_slots.get(round_up(int(row.max()) + 1, self.row_multiple))
+    batch = data.packed_arrays(examples, row, start, self.pad_id, self.pack_width,
+                               num_head=head or 0, row_multiple=self.row_multiple,
+                               head_multiple=int(self.config.data.pad_multiple) if head else 0)
+    return self._add_rows(batch, rows)
+
+  def _add_rows(self, batch: dict, rows: list[int]) -> dict:
     batch['rows'] = np.asarray(rows, np.int32)
     if self.ref_logp is not None:
       batch['ref_logp'] = self.ref_logp[np.asarray(rows)]
     return batch
 
+  def train_batch(self, step: int) -> dict:
+    """The numpy batch training step `step` runs on: packed_batch or host_batch."""
+    rows = self.batch_rows(step)
+    return self.packed_batch(rows) if self.packed else self.host_batch(rows)
+
+  def _plan_packing(self) -> bool:
+    """Lays out every step of the run once (numpy on the host, fast) and applies data.pack:
+    'on', 'off', or 'auto' = packed when the run's steps need fewer token slots packed than
+    right-padded (they do when several concepts share a step; one concept's 12 rows often fit
+    their padded rows about as well).
+
+    Each packed row count gets the head slots of its most demanding step (head_slots), so
+    the run compiles one step per row count, about as many as right-padded widths, rather
+    than one per (rows, head slots) pair.
+    """
+    mode = self.config.data.pack
+    if mode == 'off':
+      return False
+    multiple = int(self.config.data.pad_multiple)
+    lengths = data.example_lengths(self.flat)
+    responses = np.array([len(e.response) for e in self.flat])
+    padded = packed = 0
+    heads = {}
+    for step in range(self.total_steps):
+      ex = np.asarray(self._with_losers(self.batch_rows(step)))
+      row, _ = data.first_fit_decreasing(lengths[ex], self.pack_width)
+      rows = round_up(int(row.max()) + 1, self.row_multiple)
+      heads[rows] = max(heads.get(rows, 0), int(responses[ex].sum()))
+      packed += rows * self.pack_width
+      padded += round_up(int(lengths[ex].max()), multiple) * len(ex)
+    head_multiple = int(np.lcm(multiple, self.row_multiple))
+    self.head_slots = {r: round_up(h, head_multiple) for r, h in heads.items()}
+    return mode == 'on' or packed < padded
+
+  def _pass_batches(self, examples: list[data.Example], rows: int) -> list:
+    """[(numpy packed batch, indices into `examples`)] covering `examples` once, all of one
+    shape, each with about the token slots of `rows` right-padded rows of the longest: for
+    passes over a whole set (evaluation, the bank, the SimPO reference)."""
+    multiple = int(self.config.data.pad_multiple)
+    width = data.pack_width(data.example_lengths(examples), multiple)
+    longest = round_up(max(e.length for e in examples), multiple)
+    per = max(1, rows * longest // width)
+    return data.pack_batches(examples, self.pad_id, width, per, self.row_multiple)
+
   def make_batch(self, rows: list[int]) -> dict:
     """host_batch on the devices: rows split over the mesh's 'data' axis when there is one."""
     return parallel.place_batch(self.host_batch(rows), self.mesh)
+
+  @property
+  def slots_per_token(self) -> float | None:
+    """Token slots per real token over the steps run so far (1.0: no padding at all)."""
+    return self.slots / self.real_tokens if self.real_tokens else None
 
   @property
   def pad_id(self) -> int:
@@ -140,7 +221,8 @@ class Trainer:
 
     params: steering params {'factor': [K], 'direction': [K, n]} (e.g. state['steer']).
     examples: Examples of any of the K concepts (Example.concept is the index), e.g. the
-      training rows or held-out ones; batched by length, batch_size * K rows at a time.
+      training rows or held-out ones; batched by length, batch_size * K rows at a time (or
+      packed into as many token slots, when the run packs).
 
     Returns lists [K], None for a concept without examples: loss (token-mean response
     cross-entropy, steered), unsteered_loss, and residual_rms (RMS of block-L outputs at the
@@ -148,18 +230,7 @@ class Trainer:
     """
     k = self.num_concepts
     total = {}
-    rows = self.batch_size * k
-    multiple = int(self.config.data.pad_multiple)
-    # One shape for every batch (one compile): the longest row's width, and a last batch
-    # filled up with rows of concept index k, which the per-concept sums leave out.
-    width = -(-max((e.length for e in examples), default=1) // multiple) * multiple
-    longest = max((len(e.response) for e in examples), default=1)
-    response_width = max(multiple, -(-longest // multiple) * multiple)
-    order = np.argsort(data.example_lengths(examples), kind='stable') if examples else []
-    for start in range(0, len(order), rows):
-      picked = [examples[i] for i in order[start:start + rows]]
-      picked += [dataclasses.replace(picked[0], concept=k)] * (rows - len(picked))
-      batch = data.pad_batch(picked, self.pad_id, width)
+    for batch, response_width in self._eval_batches(examples):
       sums = parallel.to_host(eval_sums(
           params, self.model.params, parallel.place_batch(batch, self.mesh), cfg=self.model.cfg,
           layer=self.layer, positions=self.positions, num_concepts=k,
@@ -178,6 +249,28 @@ class Trainer:
     return {'loss': ratio('steered_nll', 'tokens'),
             'unsteered_loss': ratio('unsteered_nll', 'tokens'),
             'residual_rms': ratio('residual_sq', 'residual_n', root=True)}
+
+  def _eval_batches(self, examples: list[data.Example]):
+    """(numpy batch, response width) covering `examples`, every batch of one shape (one
+    compile) and as many token slots as batch_size * K right-padded rows."""
+    k = self.num_concepts
+    rows = self.batch_size * k
+    if not examples:
+      return
+    if self.packed:  # its fillers have concept -1, which the per-concept sums leave out
+      for batch, _ in self._pass_batches(examples, rows):
+        yield batch, 0
+      return
+    multiple = int(self.config.data.pad_multiple)
+    # The longest row's width, and a last batch filled up with rows of concept index k, which
+    # the per-concept sums leave out.
+    width = round_up(max(e.length for e in examples), multiple)
+    response_width = max(multiple, round_up(max(len(e.response) for e in examples), multiple))
+    order = np.argsort(data.example_lengths(examples), kind='stable')
+    for start in range(0, len(order), rows):
+      picked = [examples[i] for i in order[start:start + rows]]
+      picked += [dataclasses.replace(picked[0], concept=k)] * (rows - len(picked))
+      yield data.pad_batch(picked, self.pad_id, width), response_width
 
   def eval_loss(self, params, examples: list[data.Example]) -> list:
     """Steered lang loss per concept [K] of `examples` (e.g. held-out positives): what a
@@ -216,6 +309,30 @@ class Trainer:
               f'step')
       return None
     bank = np.zeros((len(self.flat), width, self.width), dtype)
+    if self.packed:
+      self._fill_bank_packed(bank)
+    else:
+      self._fill_bank_padded(bank)
+    if self.mesh is None:
+      return jnp.asarray(bank)
+    return parallel.place(bank, parallel.batch_sharding(self.mesh, bank.shape))
+
+  def _fill_bank_packed(self, bank):
+    """bank[i, :length_i] = block-L outputs of example i, computed from packed rows."""
+    batches = tqdm(self._pass_batches(self.flat, self.batch_size),
+                   desc=f'block-{self.layer} bank', unit='batch', leave=False,
+                   dynamic_ncols=True, disable=not parallel.is_main_process())
+    for b, idx in batches:
+      placed = parallel.place_batch({k: b[k] for k in ('tokens', 'segment', 'rel')}, self.mesh)
+      h = parallel.to_host(batch_lower_hidden_jit(self.model.params, self.model.cfg,
+                                                  self.layer, placed))
+      for j, i in enumerate(idx):
+        start, length = b['seg_start'][j], b['length'][j]
+        bank[i, :length] = h[b['seg_row'][j], start:start + length]
+
+  def _fill_bank_padded(self, bank):
+    """bank[i] = block-L outputs of example i's right-padded row."""
+    multiple = int(self.config.data.pad_multiple)
     order = np.argsort(data.example_lengths(self.flat))
     starts = tqdm(range(0, len(order), self.batch_size), desc=f'block-{self.layer} bank',
                   unit='batch', leave=False, dynamic_ncols=True,
@@ -227,13 +344,16 @@ class Trainer:
       h = lower_hidden_jit(self.model.params, self.model.cfg, self.layer, b['tokens'],
                            b['length'])
       bank[rows, :h.shape[1]] = parallel.to_host(h)
-    if self.mesh is None:
-      return jnp.asarray(bank)
-    return parallel.place(bank, parallel.batch_sharding(self.mesh, bank.shape))
 
   def _compute_reference(self):
     """SimPO reference: summed log-probs of every response under the unsteered model."""
     ref = np.zeros(len(self.flat), np.float32)
+    if self.packed:
+      for b, idx in self._pass_batches(self.flat, self.batch_size):
+        ref[idx] = parallel.to_host(reference_logprobs(
+            self.model.params, parallel.place_batch(b, self.mesh), cfg=self.model.cfg,
+            layer=self.layer, response_width=0))[:len(idx)]
+      return ref
     for start in range(0, len(self.flat), self.batch_size):
       rows = list(range(start, min(start + self.batch_size, len(self.flat))))
       b = data.pad_batch([self.flat[r] for r in rows], self.pad_id,
@@ -248,11 +368,13 @@ class Trainer:
     """(new state, metrics, real tokens in the batch) for training step `step`."""
     self.prepare()
     rows = self.batch_rows(step)
-    batch = self.host_batch(rows)
+    batch = self.train_batch(step)
+    self.slots += batch['tokens'].size
+    self.real_tokens += int(batch['length'].sum())
     if self.bank is None:
       batch.pop('rows')
     tokens = sum(self.flat[r].length for r in rows)
-    width = self.response_width(batch)
+    width = 0 if self.packed else self.response_width(batch)  # packed: the head has its own
     # One jit for every mesh: the placed inputs carry the shardings, the compiler does the rest.
     state, metrics = train_step(
         state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank,

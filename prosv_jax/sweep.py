@@ -22,7 +22,7 @@ import os
 import re
 
 from prosv_jax.errors import ProsvError
-from prosv_jax.train.workdir import SUMMARY_FILE
+from prosv_jax.train.workdir import FAILED_FILE, SUMMARY_FILE
 
 NAME = '_name'  # a point's name fragments; not a config key
 # Short names of the keys studies sweep, for run names like beta4_flr10.
@@ -49,7 +49,7 @@ PAPER_DIRECTION_SCALES = (1.0, 8.0)
 PAPER_DIRECTION_LRS = (0.04, 0.08)
 # The muP rule of prosv_jax.train.optim.scaled_lrs, on and off.
 TRANSFER = {'mup': (0.5, -0.5), 'fixed': (0.0, 0.0)}
-FAILED = 'failed.json'
+FAILED = FAILED_FILE
 MANIFEST = 'sweep.json'
 
 

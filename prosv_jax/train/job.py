@@ -236,6 +236,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   k = trainer.num_concepts
   rows = [slice(c * k, (c + 1) * k) for c in range(len(cells))]  # each cell's param rows
   live = np.asarray(parallel.to_host(state['live']))
+  failures = {}  # cell -> its failed.json content, for the cells frozen in this session
   tokens = 0
   t0 = time.time()
   bar = tqdm(range(start, stop), initial=start, total=trainer.total_steps, unit='step',
@@ -252,6 +253,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
           # The step left this cell's rows as they were: the last good state.
           error = _diverged(_rows(m, rows[c]), step, manager.directory, cell.name if grid
                             else None)
+          failures[c] = {'error': error, 'step': step}
           if grid and main:
             print(f'\n{error}', flush=True)
             _write_failed(cell, error, step)
@@ -284,8 +286,8 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
                     heldout_examples(trainer.config, trainer.model.tokenizer))
   results = []
   for c, cell in enumerate(cells):
-    if not live[rows[c]].all():
-      results.append(Trained(_read_failed(cell.workdir), None, None))
+    if not live[rows[c]].all():  # frozen in this session, or before it was resumed
+      results.append(Trained(failures.get(c) or _read_failed(cell.workdir), None, None))
     elif not active[c]:
       results.append(_finished_cell(cell))
     else:

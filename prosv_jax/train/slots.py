@@ -19,7 +19,18 @@ train.slots is '' (one cell: the config itself, nothing changes) or either of
 A cell is named like a sweep run (beta1_flr0.5) and writes what its separate run would
 (config.json, metrics.jsonl, summary.json, vectors/) in its workdir, by default
 <workdir>/<name>; the run's own workdir keeps the config, the checkpoints of every slot and a
-summary.json listing the cells. Needs no JAX.
+summary.json listing the cells. prosv_jax.sweep groups a sweep's runs into such a run when
+they differ only in these keys.
+
+Divergence: a cell whose loss, gradient or params go bad at a step (any of its concepts) is
+frozen at its params from before that step, the very state its separate run would stop and
+save with, and gets a failed.json with that run's error; the other cells train on. Its rows
+still run every step (the batch keeps its shape), their updates discarded. The run stops
+when no cell is left.
+
+Costs: the batch holds every slot's rows, so blocks L+1.. run S times the rows of one run;
+shared are blocks 0..L (the bank), the reads of the frozen weights, the compile, the setup
+and the per-step overhead. Needs no JAX.
 """
 
 import dataclasses

@@ -389,7 +389,7 @@ def run_local(config, runs: list[Run], max_steps: int | None = None,
   results = {run.name: dict(name=run.name, workdir=run.workdir, status='', final_loss=None,
                             error='') for run in runs}
   order = {run.name: i for i, run in enumerate(runs)}
-  together = not separate and not config.train.slots and not any(
+  together = not separate and not config.train.get('slots') and not any(
       'train.slots' in run.overrides for run in runs)
   if not together:
     for i, run in enumerate(runs):

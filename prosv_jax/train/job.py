@@ -188,7 +188,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   config_json = config.to_json_best_effort(sort_keys=True)
   make_workdir(workdir)
   _check_same_config(workdir, config_json)
-  grid = bool(config.train.slots)
+  grid = bool(config.train.get('slots'))
   cells = slots.cells(config)
   if grid:
     for cell in cells:  # a cell's folder is its separate run's: refuse one of another config

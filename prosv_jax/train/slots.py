@@ -150,7 +150,7 @@ def cell_name(values: dict) -> str:
 def cells(config) -> list[Cell]:
   """The cells of config.train.slots in order; one cell, the config itself, when it is ''."""
   own = own_values(config)
-  parsed = parse(config.train.slots)
+  parsed = parse(config.train.get('slots', ''))
   if not parsed:
     return [Cell('', config.workdir, own, config)]
   out, names, workdirs = [], set(), set()

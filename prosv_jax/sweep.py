@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import re
-import time
 
 from prosv_jax.errors import ProsvError
 from prosv_jax.train.slots import SLOT_KEYS
@@ -509,16 +508,15 @@ def _run_slots(config, group: list[Run], todo: list[Run], results: dict, max_ste
   c = slot_config(config, group)
   log(f'{", ".join(r.name for r in todo)}: training {len(group)} runs as slots of one step '
       f'in {c.workdir}')
-  started = time.time()
   try:
     trained = train(c, loader(c), max_steps=max_steps)
   except ProsvError as e:
-    for run in todo:  # a cell's own failure (it diverged) is kept; the rest get the run's
-      path = os.path.join(run.workdir, FAILED)
-      if not (os.path.exists(path) and os.path.getmtime(path) >= started):
+    for run in todo:
+      failed = _read_failed(run)
+      if 'step' not in failed:  # a cell's own record (it diverged: the job wrote it) stays
         _record_failure(run, str(e))
-      with open(path) as f:
-        results[run.name].update(status='failed', error=json.load(f).get('error', ''))
+        failed = {'error': str(e)}
+      results[run.name].update(status='failed', error=failed.get('error', ''))
     log(f'  failed: {e}')
     return
   cells = {cell['name']: cell for cell in trained.summary['cells']}
@@ -528,3 +526,11 @@ def _run_slots(config, group: list[Run], todo: list[Run], results: dict, max_ste
                              error=cell['error'])
     if cell['status'] == 'failed':
       log(f'  {run.name} failed: {cell["error"]}')
+
+
+def _read_failed(run: Run) -> dict:
+  try:
+    with open(os.path.join(run.workdir, FAILED)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}

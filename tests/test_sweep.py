@@ -324,6 +324,12 @@ def test_a_diverging_cell_fails_alone_in_a_slot_run(tiny_config_file, tmp_path, 
   assert [r['status'] for r in again] == ['skipped', 'skipped-failed', 'skipped']
   rows = {r['run']: r for r in study.collect(str(tmp_path))}
   assert rows['flr900']['status'] == 'failed' and rows['flr1']['status'] == 'done'
+  # Every cell diverges: the slot run stops, and each run keeps its own cell's error.
+  runs = sweep.expand(sweep.axis('optim.factor_lr', (800.0, 900.0)), str(tmp_path / 'all'))
+  results = sweep.run_local(config, runs, log=lines.append)
+  assert [r['status'] for r in results] == ['failed', 'failed']
+  assert [r['error'][:31] for r in results] == ['cell flr800 diverged at step 1:',
+                                                'cell flr900 diverged at step 1:']
 
 
 # --- collect and plot ---------------------------------------------------------------------

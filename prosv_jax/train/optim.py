@@ -122,11 +122,6 @@ def _optimizer(factor_lrs, direction_lrs, b1, b2, eps, clip, total_steps):
                                {'factor': 'factor', 'direction': 'direction'})
 
 
-def finite(tree) -> jax.Array:
-  """True when every leaf is finite (one scalar, cheap enough to check every step)."""
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 # Bound on |factor| and on each direction's norm: past it a run has diverged, even while its
 # loss stays finite (factor_lr=1e30 once gave factor -3e30 and a zero direction gradient).
 # The factor starts at beta * sqrt(n) (~10..300 for the paper's betas and widths) and the
@@ -134,11 +129,6 @@ def finite(tree) -> jax.Array:
 # LR MAX_LR (config.py) for a few hundred steps stays below it, while an edit this large swamps
 # any residual stream (RMS O(1..100)).
 MAX_PARAM = 1e6
-
-
-def bounded(params, max_param: float) -> jax.Array:
-  """True when |factor| and every direction norm are at most max_param (and finite)."""
-  return jnp.all(rows_bounded(params, max_param))
 
 
 def rows_finite(per_row_loss, grads) -> jax.Array:

@@ -17,6 +17,10 @@ Sweeps (get_sweep) run with launch/sweep.py:
 
   python launch/sweep.py --config=configs/prosv.py:smollm2 --sweep=beta_lr \
       --root=workdirs/sweeps/prosv_beta_lr
+
+(runs that differ only in beta, direction scale, LRs and seed, like beta_lr's, train as slots
+of one compiled step, each written to its own workdir; --separate trains them one by one). A
+grid in one run without a sweep: --config.train.slots='steer.beta=1,4;optim.factor_lr=1,10'.
 """
 
 from prosv_jax.train.config import preset_config, preset_sweep

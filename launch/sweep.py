@@ -7,8 +7,11 @@
   python launch/sweep.py --config=configs/prosv.py:gemma2_2b --sweep=beta_lr \
       --root=workdirs/sweeps/2b --print --launcher='launch/slurm.sh --nodes=1 --gpus-per-node=8'
 
-Every --config.* override applies to every run. Rerunning skips finished runs (summary.json
-with steps == total_steps) and resumes interrupted ones from their checkpoints. Then:
+Every --config.* override applies to every run. Runs that differ only in beta, direction
+scale, LRs and seed (a beta x LR grid) train here as slots of one compiled step, each still
+written to its own workdir as its separate run would be (--separate trains them one by one;
+--print always gives one command per run). Rerunning skips finished runs (summary.json with
+steps == total_steps) and resumes interrupted ones from their checkpoints. Then:
 python launch/collect.py --root=... --out=study.csv; python launch/plot_study.py ...
 """
 
@@ -34,6 +37,10 @@ LAUNCHER = flags.DEFINE_string('launcher', 'python launch/train.py',
 MAX_RUNS = flags.DEFINE_integer('max_runs', 0, 'Only the first N runs of the sweep (0 = all).')
 MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Stop each run after this many steps.')
 RETRY_FAILED = flags.DEFINE_boolean('retry_failed', False, 'Train again runs that failed.')
+SEPARATE = flags.DEFINE_boolean('separate', False,
+                                'Train every run on its own, even runs that differ only in '
+                                'beta, direction scale, LRs and seed (by default those train '
+                                'together as slots of one step: train.slots).')
 flags.mark_flags_as_required(['config', 'sweep', 'root'])
 
 
@@ -71,7 +78,8 @@ def main(argv):
                                   MAX_STEPS.value):
         print(shlex.join(argv_))
       return
-    results = sweep.run_local(CONFIG.value, runs, MAX_STEPS.value, RETRY_FAILED.value)
+    results = sweep.run_local(CONFIG.value, runs, MAX_STEPS.value, RETRY_FAILED.value,
+                              separate=SEPARATE.value)
   except ProsvError as e:
     raise SystemExit(f'error: {e}') from None
   print(f'\n{"run":<32} {"status":<15} final_loss')

@@ -6,6 +6,12 @@
 
 Rerunning the same command resumes from the workdir's last checkpoint.
 
+A (beta, LR) grid in one run, each cell written to <workdir>/<cell> as its own run would be
+(prosv_jax.train.slots):
+
+  python launch/train.py --config=configs/prosv.py --config.workdir=workdirs/grid \
+      --config.train.slots='steer.beta=1,4,16;optim.factor_lr=1,10,40'
+
 Several devices: --config.mesh.data=-1 (or data x model = the device count). Several hosts:
 run the same command on each (see prosv_jax.parallel.maybe_initialize_distributed for the
 environment it reads); only process 0 prints and writes the workdir's logs and exports.
@@ -64,6 +70,21 @@ def summary_lines(summary: dict) -> list[str]:
   return lines
 
 
+def grid_lines(trained) -> list[str]:
+  """A slot run's cells, each with its summary (or why it failed) and where it is."""
+  lines = []
+  for cell, entry in zip(trained.cells, trained.summary['cells']):
+    lines += ['', f'=== cell {entry["name"]}: {entry["status"]}, in {entry["workdir"]} ===']
+    if entry['status'] == 'failed':
+      lines.append(f'  {entry["error"]}')
+    else:
+      lines += summary_lines(cell.summary)[1:]
+  if trained.summary['steps'] < trained.summary['total_steps']:
+    lines.append(f'\nstopped at step {trained.summary["steps"]} of '
+                 f'{trained.summary["total_steps"]}; rerun the same command to resume')
+  return lines
+
+
 def main(argv):
   del argv
   cli.set_log_levels()  # orbax logs every save at INFO; --verbose brings it back
@@ -73,6 +94,10 @@ def main(argv):
     say = print if parallel.is_main_process() else lambda *args, **kwargs: None
     trained = train(config, max_steps=MAX_STEPS.value)
     summary = trained.summary
+    if trained.cells is not None:  # train.slots: each cell reports like a separate run
+      for line in grid_lines(trained):
+        say(line)
+      return
     if summary['steps'] < summary['total_steps']:
       say(f'stopped at step {summary["steps"]} of {summary["total_steps"]}; rerun the same '
           'command to resume')

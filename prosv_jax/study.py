@@ -16,7 +16,7 @@ import math
 import os
 
 from prosv_jax import sweep
-from prosv_jax.train.workdir import CONFIG_FILE, SUMMARY_FILE
+from prosv_jax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE
 
 # Config keys every row carries, swept or not: what the plots group and label by.
 STUDY_KEYS = ('model', 'layer', 'positions', 'steer.beta', 'steer.direction_scale',
@@ -86,13 +86,21 @@ def _scores(folder: str, positions: str | None) -> dict:
 
 
 def _run_folders(root: str):
-  """Folders under root that hold a run (config.json, summary.json or failed.json)."""
+  """Folders under root that hold a run (config.json, summary.json or failed.json).
+
+  A slot run's own folder (train.slots) is no row: its cells are, wherever they are.
+  """
   for folder, dirs, files in os.walk(root):
-    if {CONFIG_FILE, SUMMARY_FILE, sweep.FAILED} & set(files):
+    if {CONFIG_FILE, SUMMARY_FILE, sweep.FAILED} & set(files) and not _is_slot_run(folder):
       dirs[:] = []  # checkpoints/, vectors/ and eval/ belong to the run
       yield folder
     else:
-      dirs.sort()
+      dirs[:] = sorted(d for d in dirs if d != CHECKPOINT_DIR)
+
+
+def _is_slot_run(folder: str) -> bool:
+  config = _read_json(os.path.join(folder, CONFIG_FILE)) or {}
+  return bool((config.get('train') or {}).get('slots'))
 
 
 def run_row(folder: str, name: str, overrides: dict | None = None) -> dict:

@@ -16,13 +16,15 @@ prints them, and launch/collect.py gathers their summaries.
 
 import builtins
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
 import re
 
 from prosv_jax.errors import ProsvError
-from prosv_jax.train.workdir import SUMMARY_FILE
+from prosv_jax.train.slots import SLOT_KEYS
+from prosv_jax.train.workdir import FAILED_FILE, SUMMARY_FILE
 
 NAME = '_name'  # a point's name fragments; not a config key
 # Short names of the keys studies sweep, for run names like beta4_flr10.
@@ -49,8 +51,9 @@ PAPER_DIRECTION_SCALES = (1.0, 8.0)
 PAPER_DIRECTION_LRS = (0.04, 0.08)
 # The muP rule of prosv_jax.train.optim.scaled_lrs, on and off.
 TRANSFER = {'mup': (0.5, -0.5), 'fixed': (0.0, 0.0)}
-FAILED = 'failed.json'
+FAILED = FAILED_FILE
 MANIFEST = 'sweep.json'
+SLOTS_DIR = '_slots'  # under a sweep root: the slot runs' own workdirs (config, checkpoints)
 
 
 def format_value(value) -> str:
@@ -321,9 +324,39 @@ def _load_model(config):
   return load_model(config.model, config.dtype)
 
 
+def slot_groups(runs: list[Run]) -> list[list[Run]]:
+  """The runs grouped by everything but the slot keys (prosv_jax.train.slots.SLOT_KEYS), in
+  order of first appearance: the runs of a group differ only in beta, direction scale, LRs
+  and seed, so they can train as the cells of one slot run."""
+  groups = {}
+  for run in runs:
+    rest = {k: v for k, v in run.overrides.items() if k not in SLOT_KEYS}
+    groups.setdefault(json.dumps(rest, sort_keys=True, default=list), []).append(run)
+  return list(groups.values())
+
+
+def slot_workdir(group: list[Run]) -> str:
+  """Where a group's slot run keeps its config and checkpoints: <root>/_slots/<first>+<n-1>-<id>,
+  the same folder whenever the same runs are grouped, so a rerun resumes it."""
+  cells = [(run.name, run.workdir, run.overrides) for run in group]
+  digest = hashlib.sha1(json.dumps(cells, sort_keys=True, default=list).encode()).hexdigest()
+  return os.path.join(os.path.dirname(group[0].workdir), SLOTS_DIR,
+                      f'{group[0].name}+{len(group) - 1}-{digest[:8]}')
+
+
+def slot_config(config, group: list[Run]):
+  """The config of a group's slot run: its shared overrides, one cell per run (train.slots as
+  JSON, each cell with the run's name and workdir)."""
+  shared = {k: v for k, v in group[0].overrides.items() if k not in SLOT_KEYS}
+  cells = [{**{k: v for k, v in run.overrides.items() if k in SLOT_KEYS}, 'name': run.name,
+            'workdir': run.workdir} for run in group]
+  return apply(config, {**shared, 'train.slots': json.dumps(cells),
+                        'workdir': slot_workdir(group)})
+
+
 def run_local(config, runs: list[Run], max_steps: int | None = None,
-              retry_failed: bool = False, log=print) -> list[dict]:
-  """Trains the runs one after another in this process; returns one status dict per run.
+              retry_failed: bool = False, log=print, separate: bool = False) -> list[dict]:
+  """Trains the runs in this process; returns one status dict per run.
 
   In-process rather than one launch/train.py process per run: the frozen model is loaded once
   for all runs that share it (model and dtype), and a run that fails with a ProsvError (e.g. a
@@ -333,51 +366,171 @@ def run_local(config, runs: list[Run], max_steps: int | None = None,
   unless retry_failed. One process only: for several hosts print the commands instead
   (launch/sweep.py --print --launcher=launch/slurm.sh) so each run is its own launch.
 
+  Runs that differ only in slot keys (slot_groups) train together as the cells of one slot
+  run (train.slots, in <root>/_slots/...): one compiled step shares the bank and every read
+  of the frozen weights, and each run's workdir gets what its separate run would write (each
+  cell equals it), so skipping, collecting and scoring work as before. A cell that diverges
+  gets its failed.json and the others go on. separate=True trains every run on its own.
+
   Args:
     config: the base config (CLI overrides applied); each run's overrides go on top.
     runs: from expand().
     max_steps: stop each run after this many steps in total (checkpointed).
     retry_failed: train runs again that failed before.
     log: where progress lines go.
+    separate: never group runs into slot runs.
 
   Returns:
     [{'name', 'workdir', 'status': 'done' | 'skipped' | 'stopped' | 'failed' | 'skipped-failed',
       'final_loss', 'error'}] in run order.
   """
+  loader = _ModelLoader()
+  results = {run.name: dict(name=run.name, workdir=run.workdir, status='', final_loss=None,
+                            error='') for run in runs}
+  order = {run.name: i for i, run in enumerate(runs)}
+  together = not separate and not config.train.get('slots') and not any(
+      'train.slots' in run.overrides for run in runs)
+  if not together:
+    for i, run in enumerate(runs):
+      tag, status = f'[{i + 1}/{len(runs)}]', results[run.name]
+      if _finished(run, status, log, tag):
+        continue
+      if _failed_before(run) and not retry_failed:
+        _skip_failed(run, status, log, tag)
+        continue
+      _run_one(config, run, status, max_steps, loader, log, tag)
+    return [results[run.name] for run in runs]
+  # A run whose config is bad fails alone (as its separate run would), not its whole group.
+  valid = [run for run in runs if _valid(config, run, results[run.name], retry_failed, log,
+                                         f'[{order[run.name] + 1}/{len(runs)}]')]
+  for group in slot_groups(valid):
+    tags = {run.name: f'[{order[run.name] + 1}/{len(runs)}]' for run in group}
+    unfinished = [run for run in group if not _finished(run, results[run.name], log,
+                                                        tags[run.name])]
+    retried = [run for run in unfinished if retry_failed or not _failed_before(run)]
+    for run in unfinished:
+      if run not in retried:
+        _skip_failed(run, results[run.name], log, tags[run.name])
+    if not retried:
+      continue
+    if len(group) == 1:
+      _run_one(config, group[0], results[group[0].name], max_steps, loader, log,
+               tags[group[0].name])
+    else:
+      # The whole group is the slot run, not only the runs it has left to train, so a rerun
+      # after a kill groups the same cells and resumes it. Finished cells train along
+      # unexported; cells that failed before train along too (and fail again, the runs being
+      # deterministic) but stay reported as skipped unless retried.
+      _run_slots(config, group, retried, results, max_steps, loader, log)
+  return [results[run.name] for run in runs]
+
+
+def _valid(config, run: Run, status: dict, retry_failed: bool, log, tag: str) -> bool:
+  """False (status filled in, failed.json written) when the run's config fails its checks."""
+  from prosv_jax.train.config import check_config  # pylint: disable=import-outside-toplevel
+  try:
+    check_config(apply(config, {**run.overrides, 'workdir': run.workdir}))
+    return True
+  except ProsvError as e:
+    if _finished(run, status, log, tag):  # it ran under older checks: nothing to train
+      return False
+    if _failed_before(run) and not retry_failed:
+      _skip_failed(run, status, log, tag)
+      return False
+    log(f'{tag} {run.name}: failed: {e}')
+    _record_failure(run, str(e))
+    status.update(status='failed', error=str(e))
+    return False
+
+
+def _finished(run: Run, status: dict, log, tag: str) -> bool:
+  """True (status filled in) for a run that finished before."""
+  if not is_finished(run.workdir):
+    return False
+  status.update(status='skipped', final_loss=read_summary(run.workdir).get('final_loss'))
+  log(f'{tag} {run.name}: finished before, skipped')
+  return True
+
+
+def _failed_before(run: Run) -> bool:
+  return os.path.exists(os.path.join(run.workdir, FAILED))
+
+
+def _skip_failed(run: Run, status: dict, log, tag: str) -> None:
+  with open(os.path.join(run.workdir, FAILED)) as f:
+    status.update(status='skipped-failed', error=json.load(f).get('error', ''))
+  log(f'{tag} {run.name}: failed before, skipped (--retry_failed to rerun)')
+
+
+class _ModelLoader:
+  """The frozen model of the last config, loaded again only when model or dtype change."""
+
+  def __init__(self):
+    self.model, self.key = None, None
+
+  def __call__(self, config):
+    key = _model_key(config)
+    if self.key != key:
+      self.model, self.key = None, None  # free the previous model before loading the next
+      self.model, self.key = _load_model(config), key
+    return self.model
+
+
+def _record_failure(run: Run, error: str) -> None:
+  os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, FAILED), 'w') as f:
+    json.dump({'error': error, 'overrides': run.overrides}, f, indent=2, default=list)
+
+
+def _run_one(config, run: Run, status: dict, max_steps, loader, log, tag: str) -> None:
   # Imported here so that expanding and printing sweeps needs no JAX.
   from prosv_jax.train.job import train_and_export  # pylint: disable=import-outside-toplevel
-  model, model_key = None, None
-  results = []
-  for i, run in enumerate(runs):
-    status = dict(name=run.name, workdir=run.workdir, status='', final_loss=None, error='')
-    results.append(status)
-    failed_path = os.path.join(run.workdir, FAILED)
-    if is_finished(run.workdir):
-      status.update(status='skipped', final_loss=read_summary(run.workdir).get('final_loss'))
-      log(f'[{i + 1}/{len(runs)}] {run.name}: finished before, skipped')
-      continue
-    if os.path.exists(failed_path) and not retry_failed:
-      with open(failed_path) as f:
-        status.update(status='skipped-failed', error=json.load(f).get('error', ''))
-      log(f'[{i + 1}/{len(runs)}] {run.name}: failed before, skipped (--retry_failed to rerun)')
-      continue
-    c = apply(config, {**run.overrides, 'workdir': run.workdir})
-    log(f'[{i + 1}/{len(runs)}] {run.name}: training in {run.workdir}')
-    try:
-      key = _model_key(c)
-      if model_key != key:
-        model, model_key = None, None  # free the previous model before loading the next
-        model, model_key = _load_model(c), key
-      summary = train_and_export(c, model, max_steps=max_steps)
-    except ProsvError as e:
-      os.makedirs(run.workdir, exist_ok=True)
-      with open(failed_path, 'w') as f:
-        json.dump({'error': str(e), 'overrides': run.overrides}, f, indent=2, default=list)
-      status.update(status='failed', error=str(e))
-      log(f'  failed: {e}')
-      continue
-    if os.path.exists(failed_path):
-      os.remove(failed_path)
-    done = summary['steps'] == summary['total_steps']
-    status.update(status='done' if done else 'stopped', final_loss=summary['final_loss'])
-  return results
+  c = apply(config, {**run.overrides, 'workdir': run.workdir})
+  log(f'{tag} {run.name}: training in {run.workdir}')
+  try:
+    summary = train_and_export(c, loader(c), max_steps=max_steps)
+  except ProsvError as e:
+    _record_failure(run, str(e))
+    status.update(status='failed', error=str(e))
+    log(f'  failed: {e}')
+    return
+  failed_path = os.path.join(run.workdir, FAILED)
+  if os.path.exists(failed_path):
+    os.remove(failed_path)
+  done = summary['steps'] == summary['total_steps']
+  status.update(status='done' if done else 'stopped', final_loss=summary['final_loss'])
+
+
+def _run_slots(config, group: list[Run], todo: list[Run], results: dict, max_steps, loader,
+               log) -> None:
+  """One slot run for the group; each unfinished run's status from its cell."""
+  from prosv_jax.train.job import train  # pylint: disable=import-outside-toplevel
+  c = slot_config(config, group)
+  log(f'{", ".join(r.name for r in todo)}: training {len(group)} runs as slots of one step '
+      f'in {c.workdir}')
+  try:
+    trained = train(c, loader(c), max_steps=max_steps)
+  except ProsvError as e:
+    for run in todo:
+      failed = _read_failed(run)
+      if 'step' not in failed:  # a cell's own record (it diverged: the job wrote it) stays
+        _record_failure(run, str(e))
+        failed = {'error': str(e)}
+      results[run.name].update(status='failed', error=failed.get('error', ''))
+    log(f'  failed: {e}')
+    return
+  cells = {cell['name']: cell for cell in trained.summary['cells']}
+  for run in todo:
+    cell = cells[run.name]
+    results[run.name].update(status=cell['status'], final_loss=cell['final_loss'],
+                             error=cell['error'])
+    if cell['status'] == 'failed':
+      log(f'  {run.name} failed: {cell["error"]}')
+
+
+def _read_failed(run: Run) -> dict:
+  try:
+    with open(os.path.join(run.workdir, FAILED)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}

@@ -1,5 +1,6 @@
 """The two optimizer partitions: own LRs, linear decay, direction-only per-concept clipping."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -76,3 +77,75 @@ def test_bad_lr_and_step_count():
     optim.make_optimizer(_cfg(factor_lr=0.0), 10, 8)
   with pytest.raises(ProsvError, match='give more data or epochs'):
     optim.make_optimizer(_cfg(), 0, 8)
+
+
+def _reference_optimizer(factor_lr, direction_lr, total_steps, clip=1.0):
+  """The optimizer as it was before LRs per row: optax.adam over a linear schedule."""
+  def adam(lr):
+    return optax.adam(optax.linear_schedule(lr, 0.0, total_steps), b1=0.9, b2=0.999, eps=1e-8)
+  return optax.multi_transform(
+      {'factor': adam(factor_lr),
+       'direction': optax.chain(optim.clip_per_concept(clip), adam(direction_lr))},
+      {'factor': 'factor', 'direction': 'direction'})
+
+
+def _random_grads(steps, rows, width, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{'factor': jnp.asarray(rng.normal(size=rows), jnp.float32),
+           'direction': jnp.asarray(rng.normal(size=(rows, width)) * 2, jnp.float32)}
+          for _ in range(steps)]
+
+
+def test_one_lr_for_every_row_is_the_old_optimizer_bit_for_bit():
+  params = {'factor': jnp.full(3, 2.0), 'direction': jnp.ones((3, 8)) * 0.1}
+  grads = _random_grads(6, 3, 8)
+  f, d = optim.scaled_lrs(_cfg(), 8)
+  old = _run(_reference_optimizer(f, d, 6), grads, params)
+  for row_lrs in (None, [(10.0, 0.04)] * 3):
+    new = _run(optim.make_optimizer(_cfg(), 6, 8, row_lrs), grads, params)
+    for a, b in zip(new, old):
+      np.testing.assert_array_equal(a['factor'], b['factor'])
+      np.testing.assert_array_equal(a['direction'], b['direction'])
+  # Same state structure: checkpoints of either load into the other.
+  tx = optim.make_optimizer(_cfg(), 6, 8, [(1.0, 0.1), (2.0, 0.2), (3.0, 0.3)])
+  assert (jax.tree.structure(tx.init(params))
+          == jax.tree.structure(_reference_optimizer(f, d, 6).init(params)))
+
+
+def test_lrs_per_row_equal_one_optimizer_per_row():
+  lrs = [(0.5, 0.02), (5.0, 0.04), (50.0, 0.08)]
+  params = {'factor': jnp.asarray([1.0, 2.0, 3.0]),
+            'direction': jnp.asarray(np.random.default_rng(1).normal(size=(3, 8)), jnp.float32)}
+  grads = _random_grads(5, 3, 8, seed=2)
+  together = _run(optim.make_optimizer(_cfg(), 5, 8, lrs), grads, params)
+  for k, (f, d) in enumerate(lrs):
+    alone = _run(_reference_optimizer(f, d, 5), [{key: g[key][k:k + 1] for key in g}
+                                                 for g in grads],
+                 {key: p[k:k + 1] for key, p in params.items()})
+    for a, b in zip(together, alone):
+      np.testing.assert_allclose(a['factor'][k:k + 1], b['factor'], rtol=1e-6)
+      np.testing.assert_allclose(a['direction'][k:k + 1], b['direction'], rtol=1e-6)
+  with pytest.raises(ProsvError, match='optim.direction_lr=0.0'):
+    optim.make_optimizer(_cfg(), 5, 8, [(1.0, 0.1), (1.0, 0.0)])
+
+
+def test_width_rule_applies_to_every_row():
+  c = _cfg(base_width=16)
+  assert optim.scaled_lrs(c, 64, 2.0, 0.5) == (2.0 * 2, 0.5 / 2)
+  tx = optim.make_optimizer(c, 4, 64, [(1.0, 0.1), (4.0, 0.1)])
+  params = {'factor': jnp.ones(2), 'direction': jnp.ones((2, 64))}
+  moves = _run(tx, [{'factor': jnp.full(2, 0.3), 'direction': jnp.full((2, 64), 0.01)}], params)
+  np.testing.assert_allclose(moves[0]['factor'], [-2.0, -8.0], rtol=1e-4)
+  np.testing.assert_allclose(moves[0]['direction'], -0.05, rtol=1e-4)
+
+
+def test_rows_fail_by_whole_cell_and_frozen_rows_keep_their_values():
+  ok = jnp.asarray([True, False, True, True])
+  np.testing.assert_array_equal(optim.whole_cells(ok, (0, 0, 1, 1)), [False, False, True, True])
+  np.testing.assert_array_equal(optim.whole_cells(ok, None), [False] * 4)
+  new = {'a': jnp.arange(4.0), 'b': jnp.ones((4, 2)), 'count': jnp.asarray(5)}
+  old = {'a': jnp.zeros(4), 'b': jnp.zeros((4, 2)), 'count': jnp.asarray(4)}
+  kept = optim.keep_rows(new, old, jnp.asarray([True, False, True, False]))
+  np.testing.assert_array_equal(kept['a'], [0.0, 0.0, 2.0, 0.0])
+  np.testing.assert_array_equal(kept['b'][:, 0], [1.0, 0.0, 1.0, 0.0])
+  assert int(kept['count']) == 5  # shared counters move on

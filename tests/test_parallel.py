@@ -97,6 +97,17 @@ def _worker_devices(model_path, out_dir):
     summary = train_and_export(run_config(model_path, workdir, data, model, **overrides))
     out['runs'][name] = run_result(workdir, summary)
 
+  # Grid cells as slots (prosv_jax.train.slots): 4 cells x 2 concepts, the 8 slots split
+  # over 'data' with shard_concepts.
+  for name, (data, model, overrides) in {'slots_one': (1, 1, {}),
+                                         'slots_d2m2': (2, 2, {'mesh.shard_concepts': True})
+                                         }.items():
+    from prosv_jax.train.job import train
+    trained = train(run_config(model_path, os.path.join(out_dir, name), data, model,
+                               **{'train.slots': 'beta=1,4;seed=0,5', **overrides}))
+    out['runs'][name] = [run_result(os.path.dirname(cell.summary['artifacts']['vectors']),
+                                    cell.summary) for cell in trained.cells]
+
   # Half on one device, the rest resumed from its checkpoint on a 2 x 2 mesh.
   workdir = os.path.join(out_dir, 'resumed')
   train_and_export(run_config(model_path, workdir), max_steps=STEPS // 2)
@@ -364,6 +375,14 @@ def test_sharded_training_equals_one_device(four_devices, name):
   runs = four_devices['runs']
   assert_same_run(runs[name], runs['one'])
   assert not np.allclose(runs['one']['direction'][0], runs['one']['direction'][1])
+
+
+def test_sharded_slot_run_equals_one_device(four_devices):
+  runs = four_devices['runs']
+  assert len(runs['slots_d2m2']) == len(runs['slots_one']) == 4
+  for got, want in zip(runs['slots_d2m2'], runs['slots_one']):
+    assert_same_run(got, want)
+  assert not np.allclose(runs['slots_one'][0]['factor'], runs['slots_one'][2]['factor'])
 
 
 def test_a_run_resumes_on_another_mesh(four_devices):

@@ -187,8 +187,10 @@ def swept(tiny_config_file, tmp_path_factory):
 
 def test_sweep_runs_every_point_in_a_named_workdir(swept):
   root, out = swept
-  assert sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) == \
-      TINY_NAMES
+  # The runs, and the slot run that trained them together (they differ only in slot keys).
+  assert sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) == [
+      sweep.SLOTS_DIR, *TINY_NAMES]
+  assert 'training 4 runs as slots of one step' in out
   for name in TINY_NAMES:
     summary = json.load(open(os.path.join(root, name, 'summary.json')))
     assert summary['steps'] == summary['total_steps'] == 2
@@ -240,6 +242,94 @@ def test_run_local_resumes_and_records_failures(tiny_config_file, tmp_path):
   assert [m['step'] for m in metrics] == [1, 2]  # resumed at step 1, not retrained
   third = sweep.run_local(config, runs, retry_failed=True, log=lines.append)
   assert [r['status'] for r in third] == ['skipped', 'failed']
+
+
+def _tiny_base(tiny_config_file):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('tiny_cfg', tiny_config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _vectors(workdir):
+  from prosv_jax.artifacts import load_vectors
+  v = load_vectors(os.path.join(workdir, 'vectors'))
+  return v.factor, v.direction
+
+
+def test_runs_differing_only_in_slot_keys_train_as_one_slot_run(tiny_config_file, tmp_path):
+  import numpy as np
+  config = _tiny_base(tiny_config_file)
+  points = sweep.grid({'steer.beta': (1.0, 4.0), 'optim.factor_lr': (1.0, 10.0),
+                       'train.seed': (0, 3)})
+  lines = []
+  slotted = sweep.run_local(config, sweep.expand(points, str(tmp_path / 'slots')),
+                            max_steps=1, log=lines.append)
+  assert [r['status'] for r in slotted] == ['stopped'] * 8
+  assert sum('as slots of one step' in line for line in lines) == 1
+  slot_dirs = os.listdir(tmp_path / 'slots' / sweep.SLOTS_DIR)
+  assert len(slot_dirs) == 1 and slot_dirs[0].startswith('beta1_flr1_seed0+7-')
+  # Rerun: the same slot run resumes (no second one) and finishes every run.
+  slotted = sweep.run_local(config, sweep.expand(points, str(tmp_path / 'slots')),
+                            log=lines.append)
+  assert [r['status'] for r in slotted] == ['done'] * 8
+  assert os.listdir(tmp_path / 'slots' / sweep.SLOTS_DIR) == slot_dirs
+  apart = sweep.run_local(config, sweep.expand(points, str(tmp_path / 'apart')), separate=True,
+                          log=lines.append)
+  assert not os.path.exists(tmp_path / 'apart' / sweep.SLOTS_DIR)
+  for a, b in zip(slotted, apart):
+    assert a['name'] == b['name'] and a['workdir'] != b['workdir']
+    np.testing.assert_allclose(a['final_loss'], b['final_loss'], rtol=1e-5)
+    for x, y in zip(_vectors(a['workdir']), _vectors(b['workdir'])):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  # collect: one row per run, none for the slot run's own folder.
+  rows = study.collect(str(tmp_path / 'slots'))
+  assert [r['run'] for r in rows] == sorted(sweep.run_name(p) for p in points)
+  assert {r['status'] for r in rows} == {'done'}
+  again = sweep.run_local(config, sweep.expand(points, str(tmp_path / 'slots')),
+                          log=lines.append)
+  assert [r['status'] for r in again] == ['skipped'] * 8
+
+
+def test_other_keys_split_a_sweep_into_one_slot_run_per_setting(tiny_config_file, tmp_path):
+  config = _tiny_base(tiny_config_file)
+  points = sweep.product(sweep.axis('train.epochs', (1, 2)), sweep.axis('steer.beta', (1.0, 2.0)),
+                         [{'data.max_response_tokens': 8}])
+  lines = []
+  results = sweep.run_local(config, sweep.expand(points, str(tmp_path)), log=lines.append)
+  assert [r['status'] for r in results] == ['done'] * 4
+  assert len(os.listdir(tmp_path / sweep.SLOTS_DIR)) == 2
+  assert [line.split(':')[0] for line in lines if 'as slots' in line] == [
+      'ep1_beta1_max_response_tokens8, ep1_beta2_max_response_tokens8',
+      'ep2_beta1_max_response_tokens8, ep2_beta2_max_response_tokens8']
+  # Nothing to group: every run alone, as before.
+  alone = sweep.run_local(config, sweep.expand(sweep.axis('train.epochs', (1, 3)),
+                                               str(tmp_path / 'alone')), log=lines.append)
+  assert [r['status'] for r in alone] == ['done'] * 2
+  assert not os.path.exists(tmp_path / 'alone' / sweep.SLOTS_DIR)
+
+
+def test_a_diverging_cell_fails_alone_in_a_slot_run(tiny_config_file, tmp_path, monkeypatch):
+  from prosv_jax.train import optim
+  monkeypatch.setattr(optim, 'MAX_PARAM', 40.0)  # factor0 = 4 * sqrt(64) = 32
+  config = _tiny_base(tiny_config_file)
+  runs = sweep.expand(sweep.axis('optim.factor_lr', (1.0, 900.0, 2.0)), str(tmp_path))
+  lines = []
+  results = sweep.run_local(config, runs, log=lines.append)
+  assert [r['status'] for r in results] == ['done', 'failed', 'done']
+  assert 'cell flr900 diverged at step 1' in results[1]['error']
+  assert json.load(open(tmp_path / 'flr900' / 'failed.json'))['error'] == results[1]['error']
+  again = sweep.run_local(config, runs, log=lines.append)
+  assert [r['status'] for r in again] == ['skipped', 'skipped-failed', 'skipped']
+  rows = {r['run']: r for r in study.collect(str(tmp_path))}
+  assert rows['flr900']['status'] == 'failed' and rows['flr1']['status'] == 'done'
+  # Every cell diverges: the slot run stops, and each run keeps its own cell's error.
+  runs = sweep.expand(sweep.axis('optim.factor_lr', (800.0, 900.0)), str(tmp_path / 'all'))
+  results = sweep.run_local(config, runs, log=lines.append)
+  assert [r['status'] for r in results] == ['failed', 'failed']
+  assert [r['error'][:31] for r in results] == ['cell flr800 diverged at step 1:',
+                                                'cell flr900 diverged at step 1:']
 
 
 # --- collect and plot ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import ml_collections
 
 from prosv_jax import parallel, steer
 from prosv_jax.errors import ProsvError
+from prosv_jax.train import slots
 
 PAPER_GEMMA2_2B_L10 = dict(beta=4.0, factor_lr=10.0, direction_scale=8.0, direction_lr=0.04)
 # The paper's FSSV row for gemma-2-2b L10 ('all' positions).
@@ -80,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.remat = False  # recompute blocks L+1.. in the backward pass: less memory, ~1/3 slower
   c.train.checkpoint_every = 20  # steps between orbax checkpoints (and at the end)
   c.train.log_every = 1  # steps between metrics.jsonl lines
+  # Grid cells trained as slots of one step ('' = none: this config is the one cell), e.g.
+  # 'steer.beta=1,2,4;optim.factor_lr=0.5,5,50' (a product) or a JSON list of cells; a cell
+  # sets only beta, direction scale, LRs and seed, and equals its separate run
+  # (prosv_jax.train.slots). Each cell writes to <workdir>/<cell name> unless it names one.
+  c.train.slots = ''
 
   # Devices (prosv_jax.parallel): 1 x 1 is one device and no sharding; otherwise the product
   # must equal the device count of all processes. Not part of what is trained: a run may
@@ -336,3 +342,17 @@ def check_config(config) -> None:
   if config.steer.direction_scale <= 0:
     raise ProsvError(f'steer.direction_scale={config.steer.direction_scale}; use s > 0')
   parallel.check_mesh_sizes(config.mesh.data, config.mesh.model)
+  _check_cells(config)
+
+
+def _check_cells(config) -> None:
+  """Every cell of train.slots passes the checks its separate run would."""
+  for cell in slots.cells(config):
+    if cell.config is config:
+      continue
+    try:
+      _check_numbers(cell.config)
+      if cell.direction_scale <= 0:
+        raise ProsvError(f'steer.direction_scale={cell.direction_scale}; use s > 0')
+    except ProsvError as e:
+      raise ProsvError(f'train.slots cell {cell.name}: {e}') from None

@@ -21,13 +21,13 @@ from tqdm import tqdm
 from prosv_jax import artifacts, parallel
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
-from prosv_jax.train import optim
+from prosv_jax.train import optim, slots
 from prosv_jax.train.concepts import heldout_examples
 from prosv_jax.train.step import lower_hidden_jit
 from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
-from prosv_jax.train.workdir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE,
-                                     VECTORS_DIR)
+from prosv_jax.train.workdir import (CHECKPOINT_DIR, CONFIG_FILE, FAILED_FILE, METRICS_FILE,
+                                     SUMMARY_FILE, VECTORS_DIR)
 from prosv_jax.vectors import SteeringVectors
 
 
@@ -48,10 +48,25 @@ def _restore(manager, state):
   try:
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   except Exception as e:  # pylint: disable=broad-except
-    raise ProsvError(f'cannot resume from checkpoint step {step} in {manager.directory} '
-                     f'({type(e).__name__}); the config changed since it was written? '
-                     f'use a new workdir or delete that folder') from e
+    restored = _restore_without_live(manager, step, abstract, state)
+    if restored is None:
+      raise ProsvError(f'cannot resume from checkpoint step {step} in {manager.directory} '
+                       f'({type(e).__name__}); the config changed since it was written? '
+                       f'use a new workdir or delete that folder') from e
   return restored, int(restored['step'])
+
+
+def _restore_without_live(manager, step, abstract, state):
+  """A checkpoint written before states had 'live' (per-slot frozen flags): every slot is
+  live then, since such a run stopped at its first bad step. None if that fails too."""
+  if 'live' not in abstract:
+    return None
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(
+        {k: v for k, v in abstract.items() if k != 'live'}))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return dict(restored, live=state['live'])
 
 
 def _trim_metrics(path: str, last_step: int):
@@ -127,13 +142,18 @@ def _check_state(state, what: str, fix: str):
                      f'{norm.max():.3g} over {optim.MAX_PARAM:g}; lower {fix}')
 
 
-def _diverged(m, step: int, directory) -> str:
-  """The one-line error of a step whose loss, gradient or new parameters went bad."""
-  if not m['finite']:
+def _diverged(m, step: int, directory, cell: str | None = None) -> str:
+  """The one-line error of a step whose loss, gradient or new parameters went bad; m holds
+  the metrics of one cell's rows (`cell` names it in a slot run)."""
+  if not np.all(m['finite']):
     what = 'non-finite loss or gradient'
   else:
     what = (f'the steering vector exploded (|factor| {np.max(np.abs(m["factor"])):.3g}, '
             f'direction norm {np.max(m["direction_norm"]):.3g}; bound {optim.MAX_PARAM:g})')
+  if cell is not None:  # the other cells train on: this one keeps its last good params
+    return (f'cell {cell} diverged at step {step + 1}: {what}; its last good params (step '
+            f'{step}) stay frozen in {directory} and are not exported; lower its '
+            f'optim.factor_lr / optim.direction_lr or steer.beta in train.slots')
   return (f'training diverged at step {step + 1}: {what}; the last good state (step {step}) '
           f'is saved in {directory}; lower optim.factor_lr / optim.direction_lr or steer.beta '
           f'and rerun with a new --config.workdir')
@@ -146,6 +166,10 @@ class Trained:
   vectors: SteeringVectors | None  # None when max_steps stopped it before the end
   model: Model | None  # the frozen model (on the config's mesh, if any); None when the
   # workdir already held the finished run and nothing was loaded
+  # A slot run (train.slots): one per cell in order, each like a separate run's (its model
+  # None); `summary` is then the run's: steps and one {name, workdir, status, final_loss,
+  # error} per cell, and `vectors` is None. A failed cell's summary is {'error', 'step'}.
+  cells: list['Trained'] | None = None
 
 
 def train(config, model: Model | None = None, max_steps: int | None = None) -> Trained:
@@ -153,6 +177,13 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
 
   max_steps stops early after that many steps in total (checkpointed), for tests and demos.
   With several processes every process must call it with the same config.
+
+  With train.slots the job trains every grid cell as slots of one step (see
+  prosv_jax.train.slots) and each cell's workdir gets what its separate run would write;
+  the run's own workdir keeps config.json, the checkpoints and a summary.json of the cells. A
+  cell that diverges is frozen at its last good params, gets a failed.json (the error its
+  separate run would stop with) and no vectors, and the other cells train on; the job stops
+  with that error when no cell is left.
   """
   main = parallel.is_main_process()
   workdir = config.workdir
@@ -160,28 +191,44 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   config_json = config.to_json_best_effort(sort_keys=True)
   make_workdir(workdir)
   _check_same_config(workdir, config_json)
-  finished = _finished_summary(workdir)
+  grid = bool(config.train.get('slots'))
+  cells = slots.cells(config)
+  if grid:
+    for cell in cells:  # a cell's folder is its separate run's: refuse one of another config
+      make_workdir(cell.workdir)
+      _check_same_config(cell.workdir, _config_json(cell.config))
+    finished = _finished_grid(workdir, cells, model)
+  else:
+    finished = _finished_summary(workdir)
+    finished = finished and Trained(finished,
+                                    artifacts.load_vectors(finished['artifacts']['vectors']),
+                                    model)
   if finished is not None:
     if main:
       print(f'{workdir} already holds this finished run (summary.json); nothing to train. Use '
             f'a new --config.workdir to train again')
-    return Trained(finished, artifacts.load_vectors(finished['artifacts']['vectors']), model)
+    return finished
   trainer = Trainer(config, model)
   init = trainer.init_state()
-  _check_state(init, 'the initial state', 'steer.beta / steer.direction_scale')
-  if main:  # replaced whole, so another process never reads half a file
+  _check_state(init, 'the initial state',
+               'steer.beta / steer.direction_scale' + (' of train.slots' if grid else ''))
+  if main:
     # Written only once every check passed: a failed start leaves no config that would
     # refuse the corrected rerun as "another config".
-    tmp = os.path.join(workdir, f'{CONFIG_FILE}.{os.getpid()}.tmp')
-    with open(tmp, 'w') as f:
-      f.write(config_json)
-    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+    _write_config(workdir, config_json)
+    for cell in cells if grid else ():
+      _write_config(cell.workdir, _config_json(cell.config))
 
   manager = _checkpoints(workdir)
   state, start = _restore(manager, init)
-  metrics_path = os.path.join(workdir, METRICS_FILE)
+  # Cells finished before (their own run, or this one before an interrupted export) train
+  # along but are neither logged nor exported again.
+  active = [not grid or _finished_summary(cell.workdir) is None for cell in cells]
+  paths = [os.path.join(cell.workdir, METRICS_FILE) for cell in cells]
   if main:
-    _trim_metrics(metrics_path, start)
+    for path, on in zip(paths, active):
+      if on:
+        _trim_metrics(path, start)
   if start and main:
     print(f'resuming from step {start} of {trainer.total_steps} ({manager.directory})')
 
@@ -189,47 +236,197 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
 
   every = int(config.train.checkpoint_every)
   stop = trainer.total_steps if max_steps is None else min(max_steps, trainer.total_steps)
+  k = trainer.num_concepts
+  rows = [slice(c * k, (c + 1) * k) for c in range(len(cells))]  # each cell's param rows
+  live = np.asarray(parallel.to_host(state['live']))
+  failures = {}  # cell -> its failed.json content, for the cells frozen in this session
   tokens = 0
   t0 = time.time()
   bar = tqdm(range(start, stop), initial=start, total=trainer.total_steps, unit='step',
              desc=f'{config.positions} L{trainer.layer}', dynamic_ncols=True, disable=not main)
-  with open(metrics_path, 'a') if main else contextlib.nullcontext() as log:
+  with contextlib.ExitStack() as files:
+    logs = [files.enter_context(open(path, 'a')) if main and on else None
+            for path, on in zip(paths, active)]
     for step in bar:
       state, m, batch_tokens = trainer.step(state, step)
       m = parallel.to_host(m)
-      if not (m['finite'] and m['bounded']):
-        # train_step kept the state from before this step: that is the last good one.
+      error = ''
+      for c, cell in enumerate(cells):
+        if live[rows[c]].all() and not m['live'][rows[c]].all():
+          # The step left this cell's rows as they were: the last good state.
+          error = _diverged(_rows(m, rows[c]), step, manager.directory, cell.name if grid
+                            else None)
+          failures[c] = {'error': error, 'step': step}
+          if grid and main:
+            print(f'\n{error}', flush=True)
+            _write_failed(cell, error, step)
+      live = m['live']
+      if not live.any():
+        # train_step kept the whole state from before this step: the last good one.
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
         bar.close()
-        raise ProsvError(_diverged(m, step, manager.directory))
+        raise ProsvError(error if not grid else
+                         f'every cell of train.slots diverged, the last at step {step + 1}; '
+                         f'each cell\'s failed.json says how; lower their LRs or beta')
       tokens += batch_tokens
-      loss = float(np.mean(m['loss']))
-      bar.set_postfix(loss=f'{loss:.3f}', factor=f'{float(np.mean(m["factor"])):.2f}')
+      loss = float(np.mean(m['loss'][live]))
+      bar.set_postfix(loss=f'{loss:.3f}', factor=f'{float(np.mean(m["factor"][live])):.2f}')
       if main and ((step + 1) % int(config.train.log_every) == 0 or step + 1 == stop):
-        log.write(json.dumps({'step': step + 1, 'loss': loss,
-                              'loss_per_concept': np.round(m['loss'], 5).tolist(),
-                              'factor': np.round(m['factor'], 5).tolist(),
-                              'direction_norm': np.round(m['direction_norm'], 5).tolist(),
-                              'direction_grad_norm': np.round(m['direction_grad_norm'],
-                                                              5).tolist()}) + '\n')
-        log.flush()
+        for c, log in enumerate(logs):
+          if log is not None and live[rows[c]].all():
+            log.write(json.dumps(_log_line(_rows(m, rows[c]), step)) + '\n')
+            log.flush()
       if (step + 1) % every == 0 or step + 1 == stop:
         manager.save(step + 1, args=ocp.args.StandardSave(state), force=True)
   train_s = time.time() - t0
   manager.wait_until_finished()
   done = int(parallel.to_host(state['step']))
   params = parallel.to_host(state['steer'])  # every process: a gather when they are split
-  summary = _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, start)
-  vectors = None
-  if done == trainer.total_steps:  # every process holds the vectors; process 0 writes them
-    vectors = _vectors(trainer, params, config, summary)
-    summary['artifacts'] = _export(trainer, vectors, config, write=main)
-  if main:
-    with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2)
+  live = np.asarray(parallel.to_host(state['live']))
+  run = _RunFigures(done, train_s, setup_s, tokens, start, _residual_rms(trainer),
+                    parallel.to_host(trainer.init_params()),
+                    heldout_examples(trainer.config, trainer.model.tokenizer))
+  results = []
+  for c, cell in enumerate(cells):
+    if not live[rows[c]].all():  # frozen in this session, or before it was resumed
+      results.append(Trained(failures.get(c) or _read_failed(cell.workdir), None, None))
+    elif not active[c]:
+      results.append(_finished_cell(cell))
+    else:
+      results.append(_finish_cell(trainer, cell, _rows(params, rows[c]), rows[c], paths[c], run,
+                                  grid_workdir=workdir if grid else None))
+  if grid:
+    summary = _grid_summary(trainer, cells, results, run)
+    if main:
+      with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
+        json.dump(summary, f, indent=2)
   parallel.barrier('prosv_jax: exported')  # the others may read what process 0 wrote
-  return Trained(summary, vectors, trainer.model)
+  if not grid:
+    return Trained(results[0].summary, results[0].vectors, trainer.model)
+  return Trained(summary, None, trainer.model, cells=results)
+
+
+@dataclasses.dataclass
+class _RunFigures:
+  """What every cell's summary shares: the run's progress and times, and what they are
+  measured against."""
+  done: int  # steps trained in total
+  train_s: float  # this session's training seconds
+  setup_s: float  # building the bank (and SimPO's reference)
+  tokens: int  # real tokens this session, all slots
+  start: int  # the step this session resumed from
+  residual_rms: float
+  init: dict  # every slot's initial params (numpy)
+  held: list | None  # held-out examples per concept, None without an eval split
+
+
+def _rows(tree, rows: slice):
+  """The rows `rows` of every [S, ...] leaf (a cell's part of the params or metrics)."""
+  return {key: np.asarray(value)[rows] for key, value in tree.items()}
+
+
+def _log_line(m, step: int) -> dict:
+  """One metrics.jsonl line of one cell's rows."""
+  return {'step': step + 1, 'loss': float(np.mean(m['loss'])),
+          'loss_per_concept': np.round(m['loss'], 5).tolist(),
+          'factor': np.round(m['factor'], 5).tolist(),
+          'direction_norm': np.round(m['direction_norm'], 5).tolist(),
+          'direction_grad_norm': np.round(m['direction_grad_norm'], 5).tolist()}
+
+
+def _finish_cell(trainer, cell, params, rows, metrics_path, run, grid_workdir) -> Trained:
+  """One cell's summary.json, and its vectors when it trained every step."""
+  main = parallel.is_main_process()
+  summary = _summary(trainer, cell.config, params, _rows(run.init, rows), metrics_path, run)
+  if grid_workdir is not None:  # its times and throughput are the shared run's
+    summary['slot_run'] = {'workdir': grid_workdir, 'cells': len(trainer.cells)}
+  vectors = None
+  if run.done == trainer.total_steps:  # every process holds the vectors; process 0 writes them
+    vectors = _vectors(trainer, params, cell.config, summary)
+    summary['artifacts'] = _export(trainer, vectors, cell.config, write=main)
+  if main:
+    with open(os.path.join(cell.workdir, SUMMARY_FILE), 'w') as f:
+      json.dump(summary, f, indent=2)
+    failed = os.path.join(cell.workdir, FAILED_FILE)
+    if grid_workdir is not None and vectors is not None and os.path.exists(failed):
+      os.remove(failed)  # an earlier attempt's failure: this one finished
+  return Trained(summary, vectors, None)
+
+
+def _finished_cell(cell) -> Trained:
+  summary = _finished_summary(cell.workdir)
+  return Trained(summary, artifacts.load_vectors(summary['artifacts']['vectors']), None)
+
+
+def _grid_summary(trainer, cells, results, run) -> dict:
+  """The slot run's own summary.json: its steps and times, and each cell's outcome."""
+  entries = []
+  for cell, result in zip(cells, results):
+    failed = 'error' in result.summary and 'final_loss' not in result.summary
+    if failed:
+      status = 'failed'
+    elif result.summary.get('steps') == result.summary.get('total_steps'):
+      status = 'done'
+    else:
+      status = 'stopped'
+    entries.append({'name': cell.name, 'workdir': cell.workdir, 'status': status,
+                    'final_loss': result.summary.get('final_loss'),
+                    'error': result.summary.get('error', '')})
+  ran = run.done - run.start
+  return {'steps': run.done, 'total_steps': trainer.total_steps, 'cells': entries,
+          'slots': trainer.num_slots, 'setup_s': round(run.setup_s, 2),
+          'train_s': round(run.train_s, 2),
+          'steps_per_s': round(ran / run.train_s, 4) if ran and run.train_s else None,
+          'tokens_per_s': round(run.tokens / run.train_s, 1) if ran and run.train_s else None}
+
+
+def _finished_grid(workdir: str, cells, model) -> Trained | None:
+  """The finished slot run in `workdir` (every cell exported or failed), else None."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if summary.get('steps') != summary.get('total_steps') or 'cells' not in summary:
+    return None
+  results = []
+  for cell, entry in zip(cells, summary['cells']):
+    if entry.get('status') == 'failed':
+      results.append(Trained(_read_failed(cell.workdir), None, None))
+      continue
+    if _finished_summary(cell.workdir) is None:
+      return None  # not exported (yet, or deleted since): resume and export it
+    results.append(_finished_cell(cell))
+  return Trained(dict(summary, already_finished=True), None, model, cells=results)
+
+
+def _write_failed(cell, error: str, step: int) -> None:
+  """A diverged cell's failed.json, as a sweep records a run that stopped with an error."""
+  with open(os.path.join(cell.workdir, FAILED_FILE), 'w') as f:
+    json.dump({'error': error, 'step': step, 'overrides': cell.values}, f, indent=2)
+
+
+def _read_failed(workdir: str) -> dict:
+  try:
+    with open(os.path.join(workdir, FAILED_FILE)) as f:
+      failed = json.load(f)
+  except (OSError, ValueError):
+    failed = {}
+  return {'error': failed.get('error', 'diverged'), 'step': failed.get('step')}
+
+
+def _config_json(config) -> str:
+  return config.to_json_best_effort(sort_keys=True)
+
+
+def _write_config(workdir: str, config_json: str) -> None:
+  """config.json, replaced whole, so another process never reads half a file."""
+  tmp = os.path.join(workdir, f'{CONFIG_FILE}.{os.getpid()}.tmp')
+  with open(tmp, 'w') as f:
+    f.write(config_json)
+  os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
 
 
 def train_and_export(config, model: Model | None = None, max_steps: int | None = None) -> dict:
@@ -264,30 +461,30 @@ def _residual_rms(trainer: Trainer) -> float:
   return float(parallel.to_host(jnp.sqrt(sq.sum() / (valid.sum() * h.shape[-1]))))
 
 
-def _summary(trainer, params, metrics_path, done, train_s, setup_s, tokens, start) -> dict:
-  """The summary dict; every process computes it (the residual RMS runs the model)."""
-  ran = done - start
+def _summary(trainer, config, params, init, metrics_path, run) -> dict:
+  """One cell's summary dict (config: the cell's); every process computes it."""
+  ran = run.done - run.start
   # The LRs Adam used, after the width rule (optim.base_width): what a width study plots.
-  factor_lr, direction_lr = optim.scaled_lrs(trainer.config.optim, trainer.width)
+  factor_lr, direction_lr = optim.scaled_lrs(config.optim, trainer.width)
   return {
-      'model': trainer.config.model, 'layer': trainer.layer, 'positions': trainer.config.positions,
-      'width': trainer.width, 'loss_kind': trainer.config.train.loss,
+      'model': config.model, 'layer': trainer.layer, 'positions': config.positions,
+      'width': trainer.width, 'loss_kind': config.train.loss,
       'concept_ids': trainer.concepts.ids, 'concepts': trainer.concepts.descriptions,
-      'steps': done, 'total_steps': trainer.total_steps,
-      'final_loss': _last_epoch_loss(metrics_path, trainer.steps_per_epoch, done,
+      'steps': run.done, 'total_steps': trainer.total_steps,
+      'final_loss': _last_epoch_loss(metrics_path, trainer.steps_per_epoch, run.done,
                                      trainer.num_concepts),
       'factor': np.asarray(params['factor']).tolist(),
       'direction_norm': np.linalg.norm(params['direction'], axis=-1).tolist(),
-      'residual_rms': _residual_rms(trainer),
+      'residual_rms': run.residual_rms,
       'factor_lr': factor_lr, 'direction_lr': direction_lr,
       'hidden_cache': trainer.bank is not None,
       'packed': trainer.packed,
       'slots_per_token': (None if trainer.slots_per_token is None
                           else round(trainer.slots_per_token, 4)),
-      'setup_s': round(setup_s, 2), 'train_s': round(train_s, 2),
-      'steps_per_s': round(ran / train_s, 4) if ran and train_s else None,
-      'tokens_per_s': round(tokens / train_s, 1) if ran and train_s else None,
-      **_diagnostics(trainer, params),
+      'setup_s': round(run.setup_s, 2), 'train_s': round(run.train_s, 2),
+      'steps_per_s': round(ran / run.train_s, 4) if ran and run.train_s else None,
+      'tokens_per_s': round(run.tokens / run.train_s, 1) if ran and run.train_s else None,
+      **_diagnostics(trainer, params, init, run.held),
   }
 
 
@@ -302,15 +499,14 @@ def _vectors(trainer: Trainer, params, config, summary) -> SteeringVectors:
       metrics={'final_loss': summary['final_loss']})
 
 
-def _diagnostics(trainer: Trainer, params) -> dict:
-  """Per-concept lists: how the vector moved from its init, its loss against the unsteered
-  model's on the training rows and on held-out positives (None without an eval split), and
-  its edit's RMS over the residual RMS at the steered positions."""
-  init = parallel.to_host(trainer.init_state()['steer'])  # deterministic: the run's own init
+def _diagnostics(trainer: Trainer, params, init, held) -> dict:
+  """Per-concept lists of one cell (params and init [K]): how the vector moved from its
+  init, its loss against the unsteered model's on the training rows and on held-out positives
+  (`held`; None without an eval split), and its edit's RMS over the residual RMS at the
+  steered positions."""
   v, v0 = np.asarray(params['direction'], np.float64), np.asarray(init['direction'], np.float64)
   norm, norm0 = np.linalg.norm(v, axis=-1), np.linalg.norm(v0, axis=-1)
   train = trainer.evaluate(params, [e for per in trainer.concepts.examples for e in per])
-  held = heldout_examples(trainer.config, trainer.model.tokenizer)
   if held is None:
     held = {'loss': None, 'unsteered_loss': None}
   else:

@@ -212,36 +212,52 @@ def loss_fn(steer_params, frozen, cfg, layer, positions, loss_kind, num_concepts
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'layer', 'positions', 'loss_kind',
                                              'num_concepts', 'optimizer', 'response_width',
-                                             'remat', 'max_param'),
+                                             'remat', 'max_param', 'slot_cells'),
                    donate_argnames=('state',))
 def train_step(state, frozen, batch, bank, *, cfg, layer, positions, loss_kind, num_concepts,
-               optimizer, response_width, remat=False, max_param=optim.MAX_PARAM):
-  """One update of every concept's steering params. `bank` is [N, W, D] or None; `batch` is
+               optimizer, response_width, remat=False, max_param=optim.MAX_PARAM,
+               slot_cells=None):
+  """One update of every slot's steering params. `bank` is [N, W, D] or None; `batch` is
   right-padded (data.pad_batch) or packed (data.pack_batch; response_width is then unused).
 
-  A non-finite loss or gradient (finite=False), or new steering params past max_param
-  (bounded=False: diverged), leave the state as it was, so the caller can save the last good
-  state before stopping. The metrics show the rejected values.
+  num_concepts is the number of param rows S (concepts, or slots: prosv_jax.train.slots);
+  slot_cells (static tuple [S]) names each row's grid cell, None = all rows one cell.
+
+  A row whose loss or gradient is not finite (finite [S] False), or whose new params pass
+  max_param (bounded [S] False: diverged), fails its whole cell: the cell's rows keep their
+  last good params and Adam moments and, through state['live'] [S] (when the state has it),
+  stay frozen from then on while the other cells train on. When no row is live any more the
+  whole state stays as it was (step included), so the caller can save the last good state
+  before stopping: with one cell, exactly a run that stops at its first bad step. The metrics
+  show the rejected values.
   """
   h_low = None if bank is None else bank_hidden(bank, batch)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, per_concept), grads = grad_fn(state['steer'], frozen, cfg, layer, positions, loss_kind,
                                        num_concepts, batch, h_low, response_width, remat)
+  del loss  # the sum of per_concept: each row is judged on its own below
   updates, opt_state = optimizer.update(grads, state['opt'], state['steer'])
   new = {'steer': optax.apply_updates(state['steer'], updates), 'opt': opt_state,
          'step': state['step'] + 1}
-  finite = optim.finite(loss) & optim.finite(grads)
-  bounded = optim.bounded(new['steer'], max_param)
+  finite = optim.rows_finite(per_concept, grads)
+  bounded = optim.rows_bounded(new['steer'], max_param)
+  live = optim.whole_cells(finite & bounded, slot_cells)
+  if 'live' in state:
+    live = live & state['live']
   metrics = {
       'loss': per_concept,
       'finite': finite,
       'bounded': bounded,
+      'live': live,
       'direction_grad_norm': jnp.linalg.norm(grads['direction'], axis=-1),
       'factor': new['steer']['factor'],
       'direction_norm': jnp.linalg.norm(new['steer']['direction'], axis=-1),
   }
-  ok = finite & bounded
-  new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+  old = {k: v for k, v in state.items() if k != 'live'}
+  new = optim.keep_rows(new, old, live)
+  if 'live' in state:
+    new['live'] = live
+  new = jax.tree.map(lambda n, o: jnp.where(jnp.any(live), n, o), new, state)
   return new, metrics
 
 

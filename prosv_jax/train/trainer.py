@@ -18,7 +18,7 @@ from tqdm import tqdm
 from prosv_jax import data, parallel, steer
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model, check_spec
-from prosv_jax.train import optim
+from prosv_jax.train import optim, slots
 from prosv_jax.train.concepts import (concept_seed, load_concepts, neutral_responses,
                                      read_concepts)
 from prosv_jax.train.config import check_config
@@ -62,11 +62,18 @@ class Trainer:
     if config.train.loss == 'simpo':
       self.concepts.losers = neutral_responses(self.model, self.concepts, config)
     self.num_concepts = len(self.concepts.ids)
+    # Param rows are slots: concept k of grid cell c is row c * K + k (prosv_jax.train.slots);
+    # without train.slots the one cell is the config and the rows are its concepts.
+    self.cells = slots.cells(config)
+    self.num_slots = len(self.cells) * self.num_concepts
+    self.slot_cells = tuple(c for c in range(len(self.cells)) for _ in self.concepts.ids)
     self.batch_size = int(config.train.batch_size)
     self.steps_per_epoch = math.ceil(self.concepts.per_concept / self.batch_size)
     self.total_steps = self.steps_per_epoch * int(config.train.epochs)
     self.width = cfg.hidden_size
-    self.optimizer = optim.make_optimizer(config.optim, self.total_steps, self.width)
+    row_lrs = [(cell.values['optim.factor_lr'], cell.values['optim.direction_lr'])
+               for cell in self.cells for _ in self.concepts.ids]
+    self.optimizer = optim.make_optimizer(config.optim, self.total_steps, self.width, row_lrs)
     # Global row index of every example: the bank's first axis.
     self.flat = [ex for per in self.concepts.examples for ex in per]
     if self.concepts.losers:
@@ -79,7 +86,7 @@ class Trainer:
     self.row_multiple = 1 if self.mesh is None else int(self.mesh.shape[parallel.DATA])
     self.head_slots = {}  # packed LM-head slots per packed row count; _plan_packing()
     self.packed = self._plan_packing()
-    self.slots = self.real_tokens = 0  # token slots and real tokens of the steps run so far
+    self.token_slots = self.real_tokens = 0  # token slots and real tokens of the steps run so far
     self.bank = None  # [N, W, D] block-L outputs, or None (recomputed each step); prepare()
     self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
     self._prepared = False
@@ -87,35 +94,55 @@ class Trainer:
 
   # ------------------------------------------------------------------ state
 
+  def init_params(self) -> dict:
+    """{'factor': [S], 'direction': [S, n]}: each slot initialised as its separate run would
+    (its cell's beta and direction scale, its concept's seed from the cell's seed)."""
+    per = [steer.init_steer_params(jax.random.key(concept_seed(cell.seed, cid)), self.width, 1,
+                                   cell.beta, cell.direction_scale)
+           for cell in self.cells for cid in self.concepts.ids]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
+
   def init_state(self) -> dict:
-    seed = int(self.config.train.seed)
-    per = [steer.init_steer_params(jax.random.key(concept_seed(seed, cid)), self.width, 1,
-                                   self.config.steer.beta, self.config.steer.direction_scale)
-           for cid in self.concepts.ids]
-    params = jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
+    """params, optimizer state, step and live [S] (False once a slot's cell diverged)."""
+    params = self.init_params()
     state = {'steer': params, 'opt': self.optimizer.init(params),
-             'step': jnp.zeros((), jnp.int32)}
+             'step': jnp.zeros((), jnp.int32), 'live': jnp.ones((self.num_slots,), bool)}
     return state if self.mesh is None else parallel.place_tree(state, self._state_shardings(state))
 
   def _state_shardings(self, state):
     if self.state_shardings is None:
       self.state_shardings = parallel.state_shardings(
-          state, self.mesh, self.num_concepts, bool(self.config.mesh.shard_concepts))
+          state, self.mesh, self.num_slots, bool(self.config.mesh.shard_concepts))
     return self.state_shardings
 
   # ------------------------------------------------------------------ data
 
-  def batch_rows(self, step: int) -> list[int]:
-    """Global example indices of one step: each concept's own batch, concept by concept."""
+  def slot_batch(self, step: int) -> tuple[list[int], list[int]]:
+    """(rows, slots) of one step: each slot's own batch, slot by slot; rows are global example
+    indices (the bank's), slots the param row each example trains.
+
+    A slot's batch is its concept's batch in its cell's separate run (data order from
+    concept_seed(cell seed, concept id)), so cells of one seed repeat the same examples.
+    """
     epoch, index = divmod(step, self.steps_per_epoch)
-    rows, offset = [], 0
-    for cid, lengths in zip(self.concepts.ids, self.lengths):
-      order = data.epoch_order(lengths, self.batch_size,
-                               concept_seed(int(self.config.train.seed), cid), epoch,
-                               bucket=bool(self.config.data.bucket))
-      rows.extend(offset + int(i) for i in order[index])
-      offset += len(lengths)
-    return rows
+    offsets = np.cumsum([0] + [len(x) for x in self.lengths])
+    orders = {}  # (seed, concept index) -> this epoch's batches: cells often share a seed
+    rows, slots_ = [], []
+    for slot, (cell, k) in enumerate((c, k) for c in self.cells
+                                     for k in range(self.num_concepts)):
+      key = (cell.seed, k)
+      if key not in orders:
+        orders[key] = data.epoch_order(self.lengths[k], self.batch_size,
+                                       concept_seed(cell.seed, self.concepts.ids[k]), epoch,
+                                       bucket=bool(self.config.data.bucket))
+      picked = orders[key][index]
+      rows.extend(int(offsets[k]) + int(i) for i in picked)
+      slots_.extend([slot] * len(picked))
+    return rows, slots_
+
+  def batch_rows(self, step: int) -> list[int]:
+    """Global example indices of one step: each slot's own batch, slot by slot."""
+    return self.slot_batch(step)[0]
 
   def _with_losers(self, rows: list[int]) -> list[int]:
     """The global examples a step of `rows` trains on: SimPO adds each row's loser after all
@@ -125,14 +152,15 @@ class Trainer:
       rows = rows + [r + n for r in rows]
     return rows
 
-  def host_batch(self, rows: list[int]) -> dict:
-    """The right-padded numpy batch of global rows `rows` (every process builds the same one)."""
+  def host_batch(self, rows: list[int], slots_: list[int] | None = None) -> dict:
+    """The right-padded numpy batch of global rows `rows` (every process builds the same one);
+    slots_ gives each row's param row (default: its concept index, right without train.slots)."""
     rows = self._with_losers(rows)
     examples = [self.flat[r] for r in rows]
     batch = data.pad_batch(examples, self.pad_id, int(self.config.data.pad_multiple))
-    return self._add_rows(batch, rows)
+    return self._add_rows(batch, rows, slots_)
 
-  def packed_batch(self, rows: list[int]) -> dict:
+  def packed_batch(self, rows: list[int], slots_: list[int] | None = None) -> dict:
     """host_batch's examples packed into rows of pack_width (data.pack_batch): the same
     losses and gradients, without the padded slots."""
     rows = self._with_losers(rows)
@@ -142,9 +170,12 @@ class Trainer:
     batch = data.packed_arrays(examples, row, start, self.pad_id, self.pack_width,
                                num_head=head or 0, row_multiple=self.row_multiple,
                                head_multiple=int(self.config.data.pad_multiple) if head else 0)
-    return self._add_rows(batch, rows)
+    return self._add_rows(batch, rows, slots_)
 
-  def _add_rows(self, batch: dict, rows: list[int]) -> dict:
+  def _add_rows(self, batch: dict, rows: list[int], slots_: list[int] | None = None) -> dict:
+    if slots_ is not None:  # the examples' param rows; a packed batch's fillers keep -1
+      slots_ = slots_ + slots_ if self.concepts.losers else slots_
+      batch['concept'][:len(slots_)] = np.asarray(slots_, np.int32)
     batch['rows'] = np.asarray(rows, np.int32)
     if self.ref_logp is not None:
       batch['ref_logp'] = self.ref_logp[np.asarray(rows)]
@@ -152,8 +183,8 @@ class Trainer:
 
   def train_batch(self, step: int) -> dict:
     """The numpy batch training step `step` runs on: packed_batch or host_batch."""
-    rows = self.batch_rows(step)
-    return self.packed_batch(rows) if self.packed else self.host_batch(rows)
+    rows, slots_ = self.slot_batch(step)
+    return (self.packed_batch if self.packed else self.host_batch)(rows, slots_)
 
   def _plan_packing(self) -> bool:
     """Lays out every step of the run once (numpy on the host, fast) and applies data.pack:
@@ -201,7 +232,7 @@ class Trainer:
   @property
   def slots_per_token(self) -> float | None:
     """Token slots per real token over the steps run so far (1.0: no padding at all)."""
-    return self.slots / self.real_tokens if self.real_tokens else None
+    return self.token_slots / self.real_tokens if self.real_tokens else None
 
   @property
   def pad_id(self) -> int:
@@ -219,7 +250,8 @@ class Trainer:
   def evaluate(self, params, examples: list[data.Example]) -> dict:
     """Lang loss of `examples` with and without the steering params, per concept.
 
-    params: steering params {'factor': [K], 'direction': [K, n]} (e.g. state['steer']).
+    params: steering params {'factor': [K], 'direction': [K, n]} of one cell (state['steer'],
+      or rows c * K .. c * K + K - 1 of it for cell c of a slot run).
     examples: Examples of any of the K concepts (Example.concept is the index), e.g. the
       training rows or held-out ones; batched by length, batch_size * K rows at a time (or
       packed into as many token slots, when the run packs).
@@ -369,7 +401,7 @@ class Trainer:
     self.prepare()
     rows = self.batch_rows(step)
     batch = self.train_batch(step)
-    self.slots += batch['tokens'].size
+    self.token_slots += batch['tokens'].size
     self.real_tokens += int(batch['length'].sum())
     if self.bank is None:
       batch.pop('rows')
@@ -379,9 +411,10 @@ class Trainer:
     state, metrics = train_step(
         state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank,
         cfg=self.model.cfg, layer=self.layer, positions=self.positions,
-        loss_kind=self.config.train.loss, num_concepts=self.num_concepts,
+        loss_kind=self.config.train.loss, num_concepts=self.num_slots,
         optimizer=self.optimizer, response_width=width, remat=bool(self.config.train.remat),
-        max_param=optim.MAX_PARAM)  # read per call, so a test may lower it
+        max_param=optim.MAX_PARAM,  # read per call, so a test may lower it
+        slot_cells=self.slot_cells)
     if self.mesh is not None:
       # The compiler may lay the new state out otherwise (e.g. directions split over D like
       # the FSDP weights); putting it back (a few K x D floats) keeps one compiled step.

@@ -5,6 +5,7 @@
   checkpoints/     orbax checkpoints (params, optimizer state, step)
   vectors/         the exported SteeringVectors (prosv_jax.artifacts)
   summary.json     final figures and diagnostics, written when the run ends
+  failed.json      why the run stopped (a sweep writes it, or a slot run for a diverged cell)
 """
 
 CONFIG_FILE = 'config.json'
@@ -12,3 +13,4 @@ METRICS_FILE = 'metrics.jsonl'
 CHECKPOINT_DIR = 'checkpoints'
 VECTORS_DIR = 'vectors'
 SUMMARY_FILE = 'summary.json'
+FAILED_FILE = 'failed.json'

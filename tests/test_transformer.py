@@ -282,3 +282,26 @@ def test_bad_inputs_are_named():
     transformer.forward(_params(LLAMA), LLAMA, _tokens(1, 3), jnp.zeros((1, 3), jnp.int32),
                         jnp.ones((1, 3), bool), steer=lambda h: h,
                         steer_mask=jnp.ones((1, 3), bool), steer_layer=-1)
+
+
+@pytest.mark.parametrize('name', list(CONFIGS))
+def test_dot_product_attention_matches_the_einsum_path(name):
+  """attention='dot_product' (jax.nn.dot_product_attention, cuDNN on GPUs) gives the einsum
+  path's logits on right-padded rows; softcapped Gemma-2 keeps the einsum path."""
+  cfg = CONFIGS[name]
+  params = _params(cfg)
+  lengths = np.array([7, 4])
+  pos, valid = transformer.positions_from_lengths(lengths, 7, False)
+  tokens = _tokens(2, 7)
+  want = transformer.forward(params, cfg, tokens, pos, valid).logits
+  fused = dataclasses.replace(cfg, attention='dot_product', attn_softcap=None)
+  plain = dataclasses.replace(cfg, attn_softcap=None)
+  got = transformer.forward(params, fused, tokens, pos, valid).logits
+  ref = transformer.forward(params, plain, tokens, pos, valid).logits
+  mask = np.asarray(valid)
+  np.testing.assert_allclose(np.asarray(got)[mask], np.asarray(ref)[mask], rtol=1e-5, atol=1e-5)
+  capped = dataclasses.replace(cfg, attention='dot_product')
+  np.testing.assert_array_equal(
+      np.asarray(transformer.forward(params, capped, tokens, pos, valid).logits), np.asarray(want))
+  with pytest.raises(ProsvError, match='einsum or dot_product'):
+    dataclasses.replace(cfg, attention='flash')

@@ -67,11 +67,17 @@ class ModelConfig:
   bos_id: int | None = None
   eos_ids: tuple[int, ...] = ()
   pad_id: int | None = None
+  # How the uncached attention runs: 'einsum' (this module's own masked einsums) or
+  # 'dot_product' (jax.nn.dot_product_attention, which picks cuDNN's fused kernel on GPUs).
+  # A runtime choice, not part of the checkpoint; softcapped attention always uses 'einsum'.
+  attention: str = 'einsum'
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ProsvError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
                        f'{self.num_kv_heads}; fix the model config')
+    if self.attention not in ('einsum', 'dot_product'):
+      raise ProsvError(f'attention={self.attention!r}; use einsum or dot_product')
     if self.activation not in ('silu', 'gelu_tanh'):
       raise ProsvError(f'activation {self.activation!r} is not supported; use silu or gelu_tanh')
     if not self.sliding_layers:

@@ -103,17 +103,23 @@ def _attend(cfg, q, k, v, ctx, is_sliding):
   """Causal attention of the call's own tokens: q [B, T, H, E], k/v [B, T, K, E] -> [B, T, H*E]."""
   b, t, h, e = q.shape
   kh = cfg.num_kv_heads
-  q = q.reshape(b, t, kh, h // kh, e)
-  logits = jnp.einsum('btkge,bske->bkgts', q, k.astype(q.dtype),
-                      preferred_element_type=jnp.float32) * cfg.attn_scale
-  if cfg.attn_softcap:
-    logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
   allowed = (jnp.arange(t)[None, None, :] <= ctx.q_slot[:, :, None]) & ctx.k_valid[:, None, :]
   if ctx.q_seg is not None:  # segments are contiguous: with the above, causal per example
     allowed = allowed & (ctx.q_seg[:, :, None] == ctx.k_seg[:, None, :])
   if cfg.sliding_window:
     near = (ctx.q_pos[:, :, None] - ctx.k_pos[:, None, :]) < cfg.sliding_window
     allowed = allowed & (near | ~is_sliding)
+  if cfg.attention == 'dot_product' and not cfg.attn_softcap:
+    # The GQA layouts match ([B, T, H, E] queries, [B, T, K, E] keys); fully masked (pad)
+    # queries get finite outputs here too, and nothing reads them.
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                        mask=allowed[:, None],
+                                        scale=cfg.attn_scale).reshape(b, t, h * e)
+  q = q.reshape(b, t, kh, h // kh, e)
+  logits = jnp.einsum('btkge,bske->bkgts', q, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) * cfg.attn_scale
+  if cfg.attn_softcap:
+    logits = jnp.tanh(logits / cfg.attn_softcap) * cfg.attn_softcap
   logits = jnp.where(allowed[:, None, None, :, :], logits, _MASKED)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum('bkgts,bske->btkge', probs, v).reshape(b, t, h * e)

@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = 'smollm2-135m-instruct'  # embedded name, gemma3-270m, .gguf, HF folder, hf:<repo>
   c.dtype = 'float32'  # frozen weights: float32 or bfloat16 (steering params are always fp32)
+  # einsum, or dot_product: jax.nn.dot_product_attention (cuDNN's fused kernel on GPUs)
+  c.attention = 'einsum'
   c.layer = 10  # steer the output of this block (0-indexed)
   c.positions = 'p2+s2'  # pN, sM, pN+sM, prompt or all (FSSV)
   c.chat_template = ''  # '' = the tokenizer's own; 'gemma' or Jinja text for a base model
@@ -323,6 +325,9 @@ def _check_numbers(config) -> None:
     raise ProsvError(f'optim.eps={o.eps}; use a small positive epsilon, e.g. 1e-8')
   if not o.clip_direction >= 0:
     raise ProsvError(f'optim.clip_direction={o.clip_direction}; use 0 (off) or a positive norm')
+  if config.get('attention', 'einsum') not in ('einsum', 'dot_product'):
+    raise ProsvError(f'attention={config.attention!r}; use einsum or dot_product '
+                     '(jax.nn.dot_product_attention, fused on GPUs)')
   if not config.train.cache_budget_gb >= 0:
     raise ProsvError(f'train.cache_budget_gb={config.train.cache_budget_gb}; use 0 or more GiB')
   if not config.show.temperature >= 0:

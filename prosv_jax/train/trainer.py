@@ -53,6 +53,9 @@ class Trainer:
       model = parallel.load_on_mesh(config.model, config.dtype, self.mesh)
     elif self.mesh is not None:  # frozen weights: FSDP over 'data', tensor parallel over 'model'
       model = dataclasses.replace(model, params=parallel.shard_params(model.params, self.mesh))
+    attention = config.get('attention', 'einsum')
+    if model.cfg.attention != attention:  # a runtime choice: the same weights, another kernel
+      model = dataclasses.replace(model, cfg=dataclasses.replace(model.cfg, attention=attention))
     self.model = model
     cfg = self.model.cfg
     self.layer = cfg.check_layer(int(config.layer))

@@ -85,12 +85,18 @@ def _check_same_config(workdir: str, config_json: str):
     with open(path) as f:
       old = json.load(f)
     new = json.loads(config_json)
-    # The mesh says how to run, not what to train: a run may resume on other devices. So
-    # does data.pack (the same losses, laid out otherwise), absent from older workdirs.
+    # The mesh says how to run, not what to train: a run may resume on other devices. So do
+    # data.pack (the same losses, laid out otherwise) and attention (the same math, another
+    # kernel), both absent from older workdirs.
     for c in (old, new):
       c.get('data', {}).pop('pack', None)
+    # Keys added since some workdirs were written, at the value that means what they ran.
+    for section, key, value in (('train', 'slots', ''),):
+      if key not in old.get(section, {}) and new.get(section, {}).get(key) == value:
+        new[section].pop(key)
     changed = sorted(k for k in set(old) | set(new)
-                     if k not in ('workdir', 'show', 'mesh') and old.get(k) != new.get(k))
+                     if k not in ('workdir', 'show', 'mesh', 'attention')
+                     and old.get(k) != new.get(k))
     if changed:
       raise ProsvError(f'{workdir} holds a run with another config (differs in: '
                        f'{", ".join(changed)}); use a new --config.workdir to start afresh')
@@ -247,8 +253,9 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   with contextlib.ExitStack() as files:
     logs = [files.enter_context(open(path, 'a')) if main and on else None
             for path, on in zip(paths, active)]
-    for step in bar:
-      state, m, batch_tokens = trainer.step(state, step)
+    def finish(step, m, batch_tokens):
+      """The host's part of step `step`: divergence, progress, log lines."""
+      nonlocal live, tokens
       m = parallel.to_host(m)
       error = ''
       for c, cell in enumerate(cells):
@@ -262,7 +269,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
             _write_failed(cell, error, step)
       live = m['live']
       if not live.any():
-        # train_step kept the whole state from before this step: the last good one.
+        # Once no row is live every later step keeps the state: the last good one.
         manager.save(step, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
         bar.close()
@@ -277,8 +284,21 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
           if log is not None and live[rows[c]].all():
             log.write(json.dumps(_log_line(_rows(m, rows[c]), step)) + '\n')
             log.flush()
+
+    # The host reads a step's metrics only after the next step is queued, so the device
+    # never waits on the host: it builds batch s + 1 while step s runs.
+    pending = None
+    for step in bar:
+      state, m, batch_tokens = trainer.step(state, step)
+      if pending is not None:
+        finish(*pending)
+      pending = (step, m, batch_tokens)
       if (step + 1) % every == 0 or step + 1 == stop:
+        finish(*pending)  # a checkpoint holds no step whose metrics were not checked
+        pending = None
         manager.save(step + 1, args=ocp.args.StandardSave(state), force=True)
+    if pending is not None:
+      finish(*pending)
   train_s = time.time() - t0
   manager.wait_until_finished()
   done = int(parallel.to_host(state['step']))

@@ -5,6 +5,7 @@
   python launch/bench.py --suite=train                # PrOSV/FSSV steps/s at K concepts/step
   python launch/bench.py --suite=reference            # one concept's full training vs PyTorch
   python launch/bench.py --suite=breakdown            # where one training step's time goes
+  python launch/bench.py --suite=parity               # this device's fp32/bf16 logits vs the CPU
 
 Prefill tokens/s counts prompt tokens (all rows the full width); decode tokens/s counts
 generated tokens over all rows (EOS ignored, so every row runs to the end). Training tokens/s
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosv_jax import data, steer
+from prosv_jax.flops import step_flops
 from prosv_jax.train import optim
 from prosv_jax.train.config import method_config
 from prosv_jax.models.load import DEFAULT_MODEL, load_model
@@ -36,7 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', 'prod_2b_l10_v1')
 
 SUITE = flags.DEFINE_enum('suite', 'inference', ['inference', 'steer_decode', 'train',
-                                                 'reference', 'breakdown'], 'Which cases to run.')
+                                                 'reference', 'breakdown', 'parity'],
+                          'Which cases to run.')
 MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Model spec.')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
 BATCH = flags.DEFINE_list('batch', ['1', '8', '32'], 'Inference batch sizes.')
@@ -51,6 +54,10 @@ LAYER = flags.DEFINE_integer('layer', 10, 'Steering layer.')
 RESPONSE_TOKENS = flags.DEFINE_integer('max_response_tokens', 0, 'Train/reference suites: cut '
                                        'responses to this many tokens (0 = whole, the default '
                                        'since the paper-faithful defaults; 128 was the old one).')
+PACK = flags.DEFINE_list('pack', ['auto'], 'Train suite: data.pack values to run (auto/on/off).')
+POSITIONS = flags.DEFINE_list('train_positions', ['p2+s2', 'all'], 'Train suite: position specs.')
+ATTENTION = flags.DEFINE_enum('attention', 'einsum', ['einsum', 'dot_product'],
+                              'Train suite: how attention runs (config key attention).')
 REMAT_ROWS = flags.DEFINE_integer('remat_rows', 96, 'Train cases with more rows per step than '
                                   'this recompute the upper blocks in the backward pass.')
 
@@ -175,60 +182,142 @@ def timed_steps(trainer, steps: int):
 
 
 def run_train(model):
+  peak = matmul_peak(dtype=jnp.dtype(DTYPE.value))
   with tempfile.TemporaryDirectory() as tmp:
     for k in map(int, CONCEPTS.value):
       source = bench_table(k, tmp)
-      for positions in ('p2+s2', 'all'):
-        config = train_config(positions, k, source, TRAIN_EXAMPLES.value)
-        config.train.remat = k * config.train.batch_size > REMAT_ROWS.value
-        trainer = Trainer(config, model)
-        bank_s = trainer.prepare()
-        secs, tokens = timed_steps(trainer, TRAIN_STEPS.value)
-        emit({'case': 'train', 'positions': positions, 'concepts_per_step': k,
-              'batch_per_concept': trainer.batch_size, 'model': MODEL.value,
-              'layer': LAYER.value, 'remat': bool(config.train.remat),
-              'steps_per_s': round(TRAIN_STEPS.value / secs, 4),
-              'tokens_per_s': round(tokens / secs, 1),
-              'concept_steps_per_s': round(k * TRAIN_STEPS.value / secs, 4),
-              'bank_s': round(bank_s, 2), 'bank_rows': len(trainer.flat),
-              'packed': trainer.packed,  # token slots per real token: padding's share
-              'slots_per_token': round(trainer.slots_per_token, 4)})
+      for positions in POSITIONS.value:
+        for pack in PACK.value:
+          config = train_config(positions, k, source, TRAIN_EXAMPLES.value)
+          config.train.remat = k * config.train.batch_size > REMAT_ROWS.value
+          config.data.pack = pack
+          config.attention = ATTENTION.value
+          trainer = Trainer(config, model)
+          bank_s = trainer.prepare()
+          secs, tokens = timed_steps(trainer, TRAIN_STEPS.value)
+          flops = sum(step_flops(trainer.model.cfg, trainer.layer,
+                                 [trainer.flat[r] for r in trainer.batch_rows(s)])
+                      for s in range(TRAIN_STEPS.value))
+          emit({'case': 'train', 'positions': positions, 'concepts_per_step': k,
+                'batch_per_concept': trainer.batch_size, 'model': MODEL.value,
+                'dtype': DTYPE.value, 'attention': ATTENTION.value,
+                'layer': LAYER.value, 'remat': bool(config.train.remat),
+                'steps_per_s': round(TRAIN_STEPS.value / secs, 4),
+                'tokens_per_s': round(tokens / secs, 1),
+                'concept_steps_per_s': round(k * TRAIN_STEPS.value / secs, 4),
+                'useful_tflop_per_s': round(flops / secs / 1e12, 4),
+                'matmul_peak_tflop_per_s': round(peak / 1e12, 3),
+                'fraction_of_peak': round(flops / secs / peak, 4),
+                'bank_s': round(bank_s, 2), 'bank_rows': len(trainer.flat),
+                'pack': pack, 'packed': trainer.packed,
+                # token slots per real token: padding's share
+                'slots_per_token': round(trainer.slots_per_token, 4)})
+
+
+def run_parity(model):
+  """Logits of this device (fp32 and bf16 weights) against the CPU's fp32 on real prompts."""
+  from prosv_jax.chat import chat_prompt_ids
+  from prosv_jax.models import transformer
+  table = data.read_concept_table(DATA.value)
+  texts = list(table['input'][:4])
+  prompts = [chat_prompt_ids(model.tokenizer, t) for t in texts]
+  width = max(map(len, prompts))
+  tokens = np.zeros((len(prompts), width), np.int32)
+  for i, p in enumerate(prompts):
+    tokens[i, :len(p)] = p
+  lengths = np.array([len(p) for p in prompts], np.int32)
+
+  def logits(params, device):
+    with jax.default_device(device):
+      pos, valid = transformer.positions_from_lengths(jnp.asarray(lengths), width, False)
+      out = jax.jit(lambda p, t: transformer.forward(p, model.cfg, t, pos, valid).logits)(
+          jax.device_put(params, device), jnp.asarray(tokens))
+      return np.asarray(out, np.float32), np.asarray(valid)
+
+  cpu = jax.devices('cpu')[0]
+  want, valid = logits(model.params, cpu)
+  for dtype in ('float32', 'bfloat16'):
+    params = jax.tree.map(lambda a: a.astype(dtype), model.params)
+    got, _ = logits(params, jax.devices()[0])
+    diff = np.abs(got - want)[valid]
+    emit({'case': 'parity', 'model': MODEL.value, 'dtype': dtype,
+          'device': jax.devices()[0].device_kind, 'tokens': int(valid.sum()),
+          'max_abs_logit_diff': float(diff.max()),
+          'mean_abs_logit_diff': float(diff.mean()),
+          'logit_scale': float(np.abs(want[valid]).mean()),
+          'top1_agreement': float(np.mean(got.argmax(-1)[valid] == want.argmax(-1)[valid]))})
+
+
+def paper_batches(trainer, seed: int = 0) -> list[dict]:
+  """The batches the paper's code builds for one concept: every epoch a fresh random order
+  cut into batches, each padded to its own longest row (no bucketing, no width rounding)."""
+  examples = trainer.concepts.examples[0]
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(int(trainer.config.train.epochs)):
+    order = rng.permutation(len(examples))
+    for start in range(0, len(order), trainer.batch_size):
+      rows = order[start:start + trainer.batch_size]
+      out.append(data.pad_batch([examples[i] for i in rows], trainer.pad_id, multiple=1))
+  return out
 
 
 def run_reference(model):
-  """One concept's full 12-epoch training, ours against the paper's PyTorch recipe."""
+  """One concept's full 12-epoch training, ours against the paper's PyTorch recipe, which runs
+  on the batches the paper's code would build and on ours (the same examples per step)."""
+  import resource
   from torch_reference import torch_model_from_gguf, train_reference  # launch/, needs torch
   from prosv_jax.models.load import resolve
   trainer = Trainer(train_config('p2+s2', 1, DATA.value, 0), model)
-  batches = [jax.device_get(trainer.make_batch(trainer.batch_rows(s)))
-             for s in range(trainer.total_steps)]
+  ours_batches = [jax.device_get(trainer.make_batch(trainer.batch_rows(s)))
+                  for s in range(trainer.total_steps)]
+  peak = matmul_peak()
   start = time.perf_counter()
   trainer.prepare()
   state = trainer.init_state()
+  flops = 0.0
   for s in range(trainer.total_steps):
     state, m, _ = trainer.step(state, s)
+    flops += step_flops(model.cfg, trainer.layer, [trainer.flat[r] for r in trainer.batch_rows(s)])
   jax.block_until_ready(state)
   ours = time.perf_counter() - start
   ours_loss = float(np.mean(m['loss']))
   torch_model = torch_model_from_gguf(resolve(MODEL.value))
   c = trainer.config
   factor_lr, direction_lr = optim.scaled_lrs(c.optim, trainer.width)  # what our Adam used
-  ref = train_reference(torch_model, batches, layer=c.layer, width=trainer.width,
-                        beta=c.steer.beta, factor_lr=factor_lr,
-                        direction_scale=c.steer.direction_scale,
-                        direction_lr=direction_lr, total_steps=trainer.total_steps)
-  emit({'case': 'reference', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': c.layer,
-        'steps': trainer.total_steps, 'batch': trainer.batch_size,
-        'ours_wall_s': round(ours, 2), 'torch_wall_s': round(ref['wall_s'], 2),
-        'speedup': round(ref['wall_s'] / ours, 3), 'ours_last_loss': round(ours_loss, 4),
-        'torch_last_loss': round(float(ref['losses'][-1]), 4),
-        'max_response_tokens': c.data.max_response_tokens,
-        'note': 'ours includes compiling and the block-L bank; torch excludes model build'})
+  record = {'case': 'reference', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': c.layer,
+            'steps': trainer.total_steps, 'batch': trainer.batch_size,
+            'max_response_tokens': c.data.max_response_tokens, 'ours_wall_s': round(ours, 2),
+            'ours_last_loss': round(ours_loss, 4),
+            'ours_useful_gflop_per_s': round(flops / ours / 1e9, 1),
+            'matmul_peak_gflop_per_s': round(peak / 1e9, 1),
+            'ours_fraction_of_peak': round(flops / ours / peak, 3)}
+  for name, batches in (('paper_batches', paper_batches(trainer)), ('our_batches', ours_batches)):
+    ref = train_reference(torch_model, batches, layer=c.layer, width=trainer.width,
+                          beta=c.steer.beta, factor_lr=factor_lr,
+                          direction_scale=c.steer.direction_scale,
+                          direction_lr=direction_lr, total_steps=trainer.total_steps)
+    record[name] = {'torch_wall_s': round(ref['wall_s'], 2),
+                    'torch_tokens_per_s': round(ref['tokens'] / ref['wall_s'], 1),
+                    'speedup': round(ref['wall_s'] / ours, 3),
+                    'torch_last_loss': round(float(ref['losses'][-1]), 4)}
+  record['ours_tokens_per_s'] = round(record['our_batches']['torch_tokens_per_s']
+                                      * record['our_batches']['speedup'], 1)
+  record['peak_rss_gb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+  record['note'] = ('ours includes compiling and the block-L bank; torch excludes its model '
+                    'build; both see every real token once per epoch, so speedup is the ratio '
+                    'of real tokens/s; peak RSS is the whole process (both models)')
+  emit(record)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """This process's measured fp32 matmul rate (FLOP/s): the best of `repeats` n x n products."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+  """This process's measured matmul rate (FLOP/s): the best of `repeats` n x n products.
+
+  On an accelerator n grows to 8192, where its matrix units reach their peak.
+  """
+  if jax.devices()[0].platform != 'cpu':
+    n = max(n, 8192)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   f = jax.jit(lambda a: a @ a)
   return 2 * n ** 3 / best_time(lambda: f(a), repeats)
 
@@ -238,24 +327,6 @@ def compiled_flops(fn, *args, **kwargs) -> float:
   cost = fn.lower(*args, **kwargs).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get('flops', 0.0))
-
-
-def useful_flops(cfg, layer: int, lengths, prompt_lens) -> float:
-  """FLOPs a training step must do on real tokens: blocks layer+1.. forward and backward
-  (activation gradients only: the weights are frozen) and the head at response positions.
-
-  Per token and block: 2 FLOPs per linear weight and 4 * heads * head_dim per earlier token
-  attended (scores and values), each doubled for the backward pass.
-  """
-  d, e = cfg.hidden_size, cfg.head_dim
-  linear = d * e * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * cfg.intermediate_size
-  blocks = cfg.num_layers - layer - 1
-  total = 0.0
-  for n, p in zip(np.asarray(lengths), np.asarray(prompt_lens)):
-    pairs = n * (n + 1) / 2
-    forward = blocks * (2 * linear * n + 4 * cfg.num_heads * e * pairs)
-    total += 2 * forward + 2 * (2 * d * cfg.vocab_size) * (n - p)
-  return total
 
 
 def median_time(fn, repeats: int) -> float:
@@ -350,7 +421,7 @@ def run_breakdown(model):
 
   xla_flops = compiled_flops(step_lib.train_step, trainer.init_state(), params, batch,
                              trainer.bank, **static)
-  flops = useful_flops(cfg, layer, host_batch['length'], host_batch['prompt_len'])
+  flops = step_flops(cfg, layer, [trainer.flat[r] for r in trainer.batch_rows(0)])
   peak = matmul_peak()
   real = int(np.sum(host_batch['length']))
   emit({'case': 'breakdown', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': layer,
@@ -369,8 +440,8 @@ def run_breakdown(model):
         'matmul_peak_gflop_per_s': round(peak / 1e9, 1),
         'fraction_of_peak': round(flops / t_step / peak, 3),
         'minor_page_faults_per_step': int(faults),
-        'note': 'medians of --repeats runs; useful FLOPs count real tokens only (launch/'
-                'bench.py useful_flops); XLA counts padded slots and a scan body once'})
+        'note': 'medians of --repeats runs; useful FLOPs count real tokens only '
+                '(prosv_jax.flops.step_flops); XLA counts padded slots, a scan body once'})
 
 
 def main(argv):
@@ -378,7 +449,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   model = load_model(MODEL.value, DTYPE.value)
   {'inference': run_inference, 'steer_decode': run_steer_decode, 'train': run_train,
-   'reference': run_reference, 'breakdown': run_breakdown}[SUITE.value](model)
+   'reference': run_reference, 'breakdown': run_breakdown,
+   'parity': run_parity}[SUITE.value](model)
 
 
 if __name__ == '__main__':

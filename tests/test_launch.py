@@ -248,3 +248,20 @@ def test_unknown_variant_lists_the_valid_names():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert "unknown config variant 'nope'" in result.stderr and 'gemma2_9b' in result.stderr
+
+
+def test_launchers_restart_once_on_huge_pages(tmp_path):
+  """cli.quiet() re-executes the script with glibc.malloc.hugetlb=1 (fewer page faults per
+  step), keeps other tunables and arguments, and leaves the process alone when asked."""
+  script = tmp_path / 'probe.py'
+  script.write_text('import os, sys\nfrom prosv_jax import cli\ncli.quiet()\n'
+                    'print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])\n')
+  env = dict(os.environ, GLIBC_TUNABLES='glibc.malloc.arena_max=4')
+  env.pop('PROSV_HUGE_PAGES', None)
+  out = subprocess.run([sys.executable, str(script), '--a=1'], env=env, capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1 ['--a=1']"
+  env['PROSV_HUGE_PAGES'] = '0'
+  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       check=True).stdout
+  assert out.strip() == 'glibc.malloc.arena_max=4 []'

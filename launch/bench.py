@@ -6,6 +6,7 @@
   python launch/bench.py --suite=reference            # one concept's full training vs PyTorch
   python launch/bench.py --suite=breakdown            # where one training step's time goes
   python launch/bench.py --suite=parity               # this device's fp32/bf16 logits vs the CPU
+  python launch/bench.py --suite=sample               # decode as the evaluation samples (top-k 50)
 
 Prefill tokens/s counts prompt tokens (all rows the full width); decode tokens/s counts
 generated tokens over all rows (EOS ignored, so every row runs to the end). Training tokens/s
@@ -38,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', 'prod_2b_l10_v1')
 
 SUITE = flags.DEFINE_enum('suite', 'inference', ['inference', 'steer_decode', 'train',
-                                                 'reference', 'breakdown', 'parity'],
+                                                 'reference', 'breakdown', 'parity',
+                                                 'sample'],
                           'Which cases to run.')
 MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Model spec.')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
@@ -103,6 +105,24 @@ def run_inference(model):
             'prefill_tokens_per_s': round(b * p / t_prefill, 1),
             'decode_tokens_per_s': round(b * NEW_TOKENS.value / t_decode, 1),
             'prefill_s': round(t_prefill, 4), 'decode_s': round(t_decode, 4)})
+
+
+def run_sample(model):
+  """Batch 32, prompts of 30-39 tokens (left-padded to 48), 128 new tokens sampled at
+  temperature 1 with top-k 50 as the evaluation does (EOS ignored): decode ms per step."""
+  cfg, params = model.cfg, model.params
+  b, width, new = 32, 48, 128
+  prompts = [[1] + list(np.random.default_rng(i).integers(100, 20000, 30 + i % 10))
+             for i in range(b)]
+  tokens = jnp.asarray([[0] * (width - len(p)) + p for p in prompts], jnp.int32)
+  lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
+  sampling = SamplingConfig(max_new_tokens=new, temperature=1.0, top_k=50)
+  logits, cache = prefill(params, cfg, tokens, lengths, cache_size=width + new)
+  run = lambda: decode(params, cfg, cache, logits, lengths, row_keys(0, b), sampling=sampling,
+                       eos_ids=(), pad_id=0)
+  t = median_time(run, REPEATS.value)
+  emit({'case': 'sample', 'model': MODEL.value, 'batch': b, 'new_tokens': new, 'top_k': 50,
+        'decode_ms_per_step': round(1000 * t / new, 1), 'seconds_per_row': round(t / b, 3)})
 
 
 def run_steer_decode(model):
@@ -450,7 +470,7 @@ def main(argv):
   model = load_model(MODEL.value, DTYPE.value)
   {'inference': run_inference, 'steer_decode': run_steer_decode, 'train': run_train,
    'reference': run_reference, 'breakdown': run_breakdown,
-   'parity': run_parity}[SUITE.value](model)
+   'parity': run_parity, 'sample': run_sample}[SUITE.value](model)
 
 
 if __name__ == '__main__':

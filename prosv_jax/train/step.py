@@ -137,12 +137,14 @@ def response_sums(frozen, cfg, layer: int, positions: steer.Positions, steer_par
           jax.ops.segment_sum(jnp.ones_like(logp), example, b))
 
 
-def token_logprobs(frozen, cfg, h, target, chunk_floats: int = 2 ** 26):
+def token_logprobs(frozen, cfg, h, target, chunk_floats: int = 2 ** 28):
   """log p(target) [N] from hidden states [N, D], in row chunks under jax.checkpoint.
 
   The full [N, V] logits can dominate memory (16 concepts x 12 rows x 128 tokens x 49k vocab
-  is 4.8 GB in fp32, twice with its gradient): above `chunk_floats` logits (256 MB) they are
-  made in even chunks that the backward pass recomputes instead of storing.
+  is 4.8 GB in fp32, twice with its gradient): above `chunk_floats` logits (1 GiB) they are
+  made in even chunks that the backward pass recomputes instead of storing. (At 256 MB one
+  SmolLM2 concept's whole-response batch was chunked, and recomputing its head cost 16% of
+  the step: docs/PERFORMANCE.md.)
   """
   n = h.shape[0]
 

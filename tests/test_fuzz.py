@@ -21,7 +21,6 @@ from absl import flags
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
-from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
 from prosv_jax import cli, parallel  # noqa: E402
 from prosv_jax.models import load as model_load  # noqa: E402
 from prosv_jax.train.trainer import Trainer  # noqa: E402
@@ -36,13 +35,6 @@ class ModelLoaded(Exception):
 
 class ComputeStarted(Exception):
   """Raised by the patched Trainer.prepare: banking or compiling began."""
-
-
-@pytest.fixture(scope='module')
-def tiny_model_path(tmp_path_factory):
-  path, _ = save_tiny_hf_model(tmp_path_factory.mktemp('tiny'), 'llama', num_hidden_layers=3)
-  save_tiny_tokenizer(path)
-  return str(path)
 
 
 @pytest.fixture

@@ -265,3 +265,10 @@ def test_launchers_restart_once_on_huge_pages(tmp_path):
   out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
                        check=True).stdout
   assert out.strip() == 'glibc.malloc.arena_max=4 []'
+  # Imported as a module (tests import launchers and call their main): no restart.
+  module = tmp_path / 'imports_probe.py'
+  module.write_text('import sys\nsys.path.insert(0, %r)\nimport probe\n' % str(tmp_path))
+  env.pop('PROSV_HUGE_PAGES')
+  out = subprocess.run([sys.executable, str(module)], env=env, capture_output=True, text=True,
+                       check=True).stdout
+  assert out.strip() == 'glibc.malloc.arena_max=4 []'

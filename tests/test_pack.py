@@ -11,30 +11,15 @@ import pytest
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
-from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer  # noqa: E402
 from prosv_jax import data, sweep  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
-from prosv_jax.models.load import load_model  # noqa: E402
 from prosv_jax.train import step as train_step  # noqa: E402
 from prosv_jax.train.config import base_config  # noqa: E402
 from prosv_jax.train.job import train_and_export  # noqa: E402
 from prosv_jax.train.trainer import Trainer  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
-
-
-@pytest.fixture(scope='module')
-def tiny_model_path(tmp_path_factory):
-  folder = tmp_path_factory.mktemp('tiny')
-  path, _ = save_tiny_hf_model(folder, 'llama', num_hidden_layers=3, initializer_range=0.1)
-  save_tiny_tokenizer(path)
-  return path
-
-
-@pytest.fixture(scope='module')
-def tiny_model(tiny_model_path):
-  return load_model(tiny_model_path)
 
 
 def tiny_config(model_path, workdir, **overrides):

@@ -165,16 +165,6 @@ def _env(devices: int, **extra) -> dict:
 
 
 @pytest.fixture(scope='module')
-def tiny_model_path(tmp_path_factory):
-  pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
-  from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer
-  folder = tmp_path_factory.mktemp('tiny')
-  path, _ = save_tiny_hf_model(folder, 'llama', num_hidden_layers=3, initializer_range=0.1)
-  save_tiny_tokenizer(path)
-  return path
-
-
-@pytest.fixture(scope='module')
 def four_devices(tiny_model_path, tmp_path_factory):
   """The results of _worker_devices."""
   out_dir = tmp_path_factory.mktemp('devices')

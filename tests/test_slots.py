@@ -16,7 +16,7 @@ pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch 
 
 from prosv_jax.train import optim  # noqa: E402
 from prosv_jax.train.job import train  # noqa: E402
-from test_train import final_params, tiny_config, tiny_model, tiny_model_path  # noqa: E402,F401
+from test_train import final_params, tiny_config  # noqa: E402
 
 BETAS = (1.0, 2.0, 4.0)
 FACTOR_LRS = (0.5, 5.0, 50.0)  # at base width 2304: 1/6 of that on the tiny width 64

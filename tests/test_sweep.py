@@ -160,16 +160,6 @@ def test_sweep_refuses_an_override_of_a_swept_key(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def tiny_model_path(tmp_path_factory):
-  pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
-  from hf_fixtures import save_tiny_hf_model, save_tiny_tokenizer
-  path, _ = save_tiny_hf_model(tmp_path_factory.mktemp('tiny'), 'llama', num_hidden_layers=3,
-                               initializer_range=0.1)
-  save_tiny_tokenizer(path)
-  return path
-
-
-@pytest.fixture(scope='module')
 def tiny_config_file(tiny_model_path, tmp_path_factory):
   path = tmp_path_factory.mktemp('configs') / 'tiny.py'
   path.write_text(TINY_CONFIG.format(model=str(tiny_model_path)))

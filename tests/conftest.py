@@ -37,3 +37,14 @@ def tiny_model(tiny_model_path):
   """tiny_model_path loaded with load_model."""
   from prosv_jax.models.load import load_model
   return load_model(tiny_model_path)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _free_compiled_code():
+  """Drops jax's compiled executables after each test module. The whole suite in one process
+  compiles thousands of programs; twice (2026-11-30) it then segfaulted inside XLA's CPU
+  compile at the same test of tests/test_utility.py, which passes alone. Suspected (not
+  proven): the process's memory mappings piling up towards vm.max_map_count (65530)."""
+  yield
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.clear_caches()

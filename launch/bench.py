@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prosv_jax import data, steer
+from prosv_jax import data, parallel, steer
 from prosv_jax.flops import step_flops
 from prosv_jax.train import optim
 from prosv_jax.train.config import method_config
@@ -381,14 +381,13 @@ def run_breakdown(model):
                 loss_kind=config.train.loss, num_concepts=trainer.num_concepts,
                 optimizer=trainer.optimizer, response_width=None)
 
-  def host():
+  def host():  # what Trainer.step does on the host: the rows, their padded batch, placing it
     batch = trainer.host_batch(trainer.batch_rows(0))
-    return trainer.make_batch(trainer.batch_rows(0)), batch
+    return parallel.place_batch(batch, trainer.mesh), batch
 
   t_host = median_time(lambda: host()[0], repeats)
   batch, host_batch = host()
   static['response_width'] = width = trainer.response_width(host_batch)
-  state = trainer.init_state()
   start = time.perf_counter()
   jax.block_until_ready(step_lib.train_step(trainer.init_state(), params, batch, trainer.bank,
                                             **static))
@@ -405,16 +404,15 @@ def run_breakdown(model):
   jax.block_until_ready(run_step())
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 
-  gather = jax.jit(lambda bank, rows, t: bank[rows, :t], static_argnums=2)
+  gather = jax.jit(step_lib.bank_hidden)
   t_tokens = batch['tokens'].shape[1]
-  t_gather = median_time(lambda: gather(trainer.bank, batch['rows'], t_tokens), repeats)
-  h_low = gather(trainer.bank, batch['rows'], t_tokens)
+  t_gather = median_time(lambda: gather(trainer.bank, batch), repeats)
+  h_low = gather(trainer.bank, batch)
   sp = state['steer']
 
   @jax.jit
   def upper(h_low, batch):
-    pos, valid = transformer.positions_from_lengths(batch['length'], t_tokens, left_padded=False)
-    ctx = transformer.attention_context(cfg, pos, valid)
+    ctx = step_lib.batch_context(cfg, batch)
     return transformer.run_blocks(params, cfg, h_low, ctx, layer + 1, cfg.num_layers)
 
   t_upper = median_time(lambda: upper(h_low, batch), repeats)

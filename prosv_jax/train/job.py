@@ -194,7 +194,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   main = parallel.is_main_process()
   workdir = config.workdir
   check_config(config)  # cheap: bad values fail before the workdir or the model is touched
-  config_json = config.to_json_best_effort(sort_keys=True)
+  config_json = _config_json(config)
   make_workdir(workdir)
   _check_same_config(workdir, config_json)
   grid = bool(config.train.get('slots'))

@@ -15,25 +15,16 @@ from prosv_jax import data, sweep  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
 from prosv_jax.train import step as train_step  # noqa: E402
-from prosv_jax.train.config import base_config  # noqa: E402
 from prosv_jax.train.job import train_and_export  # noqa: E402
 from prosv_jax.train.trainer import Trainer  # noqa: E402
+from test_train import tiny_config as train_tiny_config  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
 
 def tiny_config(model_path, workdir, **overrides):
-  c = base_config()
-  c.model = model_path
-  c.layer = 1
-  c.workdir = str(workdir)
-  c.data.concepts = (0, 1, 2)
-  c.data.max_examples = 8
-  c.data.max_response_tokens = 24
-  c.train.batch_size = 4
-  c.train.epochs = 2
-  c.train.checkpoint_every = 2
-  return sweep.apply(c, overrides)
+  """test_train's tiny config with three concepts."""
+  return train_tiny_config(model_path, workdir, **{'data.concepts': (0, 1, 2), **overrides})
 
 
 @functools.partial(jax.jit, static_argnames=('cfg', 'positions', 'loss_kind', 'num_concepts',

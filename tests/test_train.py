@@ -163,6 +163,7 @@ def test_exploding_factor_stops_with_the_last_good_state(tmp_path, tiny_model, t
     ({'data.concepts': ()}, 'data.concepts is empty'),
     ({'train.batch_size': 0}, 'train.batch_size=0'),
     ({'data.source': '/nonexistent/data.parquet'}, 'nonexistent'),
+    ({'steer.init': 'rms'}, "steer.init='rms'; use width"),
 ])
 def test_bad_configs_are_rejected_before_compute(tmp_path, tiny_model, tiny_model_path,
                                                   overrides, message):
@@ -349,6 +350,44 @@ def test_summary_reports_diagnostics_per_concept(tmp_path, tiny_model, tiny_mode
     rms = np.sqrt(np.mean(np.square(h[rows])))
     edit = abs(float(params['factor'][k])) * np.linalg.norm(params['direction'][k]) / 8.0
     assert summary['edit_rms_ratio'][k] == pytest.approx(edit / rms, rel=1e-4)
+
+
+@pytest.mark.parametrize('cache_hidden', [True, False])
+def test_residual_rms_by_hand(tmp_path, tiny_model, tiny_model_path, cache_hidden):
+  """Per concept, the RMS of block-L outputs over every token but each example's first,
+  each example run alone (no padding); the same from the bank or recomputed."""
+  c = tiny_config(tiny_model_path, tmp_path / 'r', **{'data.concepts': (0, 1),
+                                                      'train.cache_hidden': cache_hidden})
+  trainer = Trainer(c, tiny_model)
+  per_concept, pooled = trainer.residual_rms()
+  sq, n = np.zeros(2), np.zeros(2)
+  for ex in trainer.flat:
+    tokens = np.concatenate([ex.prompt, ex.response])[None]
+    h = np.asarray(train_step.lower_hidden(tiny_model.params, tiny_model.cfg, 1,
+                                           jnp.asarray(tokens), jnp.asarray([ex.length])))
+    sq[ex.concept] += np.square(h[0, 1:].astype(np.float64)).sum()
+    n[ex.concept] += h[0, 1:].size
+  np.testing.assert_allclose(per_concept, np.sqrt(sq / n), rtol=1e-5)
+  assert pooled == pytest.approx(np.sqrt(sq.sum() / n.sum()), rel=1e-5)
+
+
+def test_residual_init_is_the_width_init_in_residual_units(tmp_path, tiny_model, tiny_model_path):
+  """steer.init='residual' with (beta, factor LR) trains exactly as 'width' with both times
+  the residual RMS r: the init and Adam's factor step are scaled together."""
+  lr = 0.5
+  res = train_and_export(tiny_config(tiny_model_path, tmp_path / 'res', **{
+      'steer.init': 'residual', 'steer.beta': 2.0, 'optim.factor_lr': lr}), tiny_model)
+  (r,) = res['factor_unit']
+  assert r == pytest.approx(res['residual_rms'], rel=1e-5) and r != pytest.approx(1.0, abs=0.05)
+  plain = train_and_export(tiny_config(tiny_model_path, tmp_path / 'plain', **{
+      'steer.beta': 2.0 * r, 'optim.factor_lr': lr * r}), tiny_model)
+  assert plain['factor_unit'] == [1.0] and plain['init_rule'] == 'width'
+  f_res, d_res = final_params(tmp_path / 'res')
+  f_plain, d_plain = final_params(tmp_path / 'plain')
+  np.testing.assert_allclose(f_res, f_plain, rtol=1e-4)
+  np.testing.assert_allclose(d_res, d_plain, rtol=1e-4, atol=1e-6)
+  # and the factor did move, by about the LR in residual units per step
+  assert abs(f_res[0] - 2.0 * r * np.sqrt(tiny_model.cfg.hidden_size)) > 0.1 * lr * r
 
 
 def test_demo_source_has_no_heldout_split(tiny_model):

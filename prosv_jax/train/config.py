@@ -58,6 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.steer = ml_collections.ConfigDict()
   c.steer.beta = PAPER_GEMMA2_2B_L10['beta']  # factor init size: factor0 = beta * sqrt(width)
+  # What beta (and the factor LR) are measured in. 'width': factor0 = beta * sqrt(n), the
+  # paper's rule. 'residual': factor0 = beta * sqrt(n) * r and factor LR x r, r the concept's
+  # block-L residual RMS (Trainer.residual_rms), so the edit starts at about beta * s / sqrt(3)
+  # residual RMS on every model (r is ~6 on SmolLM2 L10, ~258 on gemma3-270m L9).
+  c.steer.init = 'width'
   c.steer.direction_scale = PAPER_GEMMA2_2B_L10['direction_scale']  # s: v ~ U(+-s/sqrt(width))
 
   c.optim = ml_collections.ConfigDict()
@@ -269,6 +274,7 @@ def preset_sweep(method: str, name: str) -> list[dict]:
 
 
 LOSSES = ('lang', 'simpo')
+INIT_RULES = ('width', 'residual')
 PACK_MODES = ('auto', 'on', 'off')
 # Adam moves every coordinate by about one LR per step, so an LR far above the factor's init
 # scale (beta * sqrt(n), ~200 at the paper's width) throws the factor away on the first step.
@@ -340,6 +346,9 @@ def check_config(config) -> None:
     raise ProsvError(f'train.loss={config.train.loss!r}; use one of {", ".join(LOSSES)}')
   if config.data.pack not in PACK_MODES:
     raise ProsvError(f'data.pack={config.data.pack!r}; use one of {", ".join(PACK_MODES)}')
+  if config.steer.get('init', 'width') not in INIT_RULES:
+    raise ProsvError(f'steer.init={config.steer.init!r}; use width (factor0 = beta * sqrt(n)) or '
+                     f'residual (the same times the block-L residual RMS)')
   if config.dtype not in ('float32', 'bfloat16'):
     raise ProsvError(f'dtype={config.dtype!r}; use float32 or bfloat16')
   _check_numbers(config)

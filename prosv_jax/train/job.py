@@ -13,7 +13,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
@@ -23,7 +22,6 @@ from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model
 from prosv_jax.train import optim, slots
 from prosv_jax.train.concepts import heldout_examples
-from prosv_jax.train.step import lower_hidden_jit
 from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
 from prosv_jax.train.workdir import (CHECKPOINT_DIR, CONFIG_FILE, FAILED_FILE, METRICS_FILE,
@@ -91,7 +89,7 @@ def _check_same_config(workdir: str, config_json: str):
     for c in (old, new):
       c.get('data', {}).pop('pack', None)
     # Keys added since some workdirs were written, at the value that means what they ran.
-    for section, key, value in (('train', 'slots', ''),):
+    for section, key, value in (('train', 'slots', ''), ('steer', 'init', 'width')):
       if key not in old.get(section, {}) and new.get(section, {}).get(key) == value:
         new[section].pop(key)
     changed = sorted(k for k in set(old) | set(new)
@@ -304,7 +302,7 @@ def train(config, model: Model | None = None, max_steps: int | None = None) -> T
   done = int(parallel.to_host(state['step']))
   params = parallel.to_host(state['steer'])  # every process: a gather when they are split
   live = np.asarray(parallel.to_host(state['live']))
-  run = _RunFigures(done, train_s, setup_s, tokens, start, _residual_rms(trainer),
+  run = _RunFigures(done, train_s, setup_s, tokens, start, trainer.residual_rms()[1],
                     parallel.to_host(trainer.init_params()),
                     heldout_examples(trainer.config, trainer.model.tokenizer))
   results = []
@@ -336,7 +334,7 @@ class _RunFigures:
   setup_s: float  # building the bank (and SimPO's reference)
   tokens: int  # real tokens this session, all slots
   start: int  # the step this session resumed from
-  residual_rms: float
+  residual_rms: float  # Trainer.residual_rms, pooled over the concepts
   init: dict  # every slot's initial params (numpy)
   held: list | None  # held-out examples per concept, None without an eval split
 
@@ -471,16 +469,6 @@ def _last_epoch_loss(metrics_path: str, steps_per_epoch: int, done: int, num_con
   return values.tolist() if known else None
 
 
-def _residual_rms(trainer: Trainer) -> float:
-  """RMS of block-L outputs over real tokens: the scale the steering vector competes with."""
-  b = trainer.make_batch(list(range(min(trainer.concepts.per_concept, trainer.batch_size))))
-  h = lower_hidden_jit(trainer.model.params, trainer.model.cfg, trainer.layer, b['tokens'],
-                       b['length'])
-  valid = jnp.arange(h.shape[1])[None] < b['length'][:, None]
-  sq = jnp.where(valid[..., None], jnp.square(h.astype(jnp.float32)), 0.0)
-  return float(parallel.to_host(jnp.sqrt(sq.sum() / (valid.sum() * h.shape[-1]))))
-
-
 def _summary(trainer, config, params, init, metrics_path, run) -> dict:
   """One cell's summary dict (config: the cell's); every process computes it."""
   ran = run.done - run.start
@@ -497,6 +485,10 @@ def _summary(trainer, config, params, init, metrics_path, run) -> dict:
       'direction_norm': np.linalg.norm(params['direction'], axis=-1).tolist(),
       'residual_rms': run.residual_rms,
       'factor_lr': factor_lr, 'direction_lr': direction_lr,
+      # steer.init: beta and factor_lr are in these units per concept (Adam's factor LR is
+      # factor_lr x unit); 1 under 'width', the concept's residual RMS under 'residual'.
+      'init_rule': config.steer.get('init', 'width'),
+      'factor_unit': _rounded(trainer.factor_units()[:trainer.num_concepts]),
       'hidden_cache': trainer.bank is not None,
       'packed': trainer.packed,
       'slots_per_token': (None if trainer.slots_per_token is None

@@ -74,9 +74,8 @@ class Trainer:
     self.steps_per_epoch = math.ceil(self.concepts.per_concept / self.batch_size)
     self.total_steps = self.steps_per_epoch * int(config.train.epochs)
     self.width = cfg.hidden_size
-    row_lrs = [(cell.values['optim.factor_lr'], cell.values['optim.direction_lr'])
-               for cell in self.cells for _ in self.concepts.ids]
-    self.optimizer = optim.make_optimizer(config.optim, self.total_steps, self.width, row_lrs)
+    self._optimizer = None  # built on first use: steer.init='residual' needs the bank first
+    self._residual = None  # (per-concept, pooled) block-L residual RMS; residual_rms()
     # Global row index of every example: the bank's first axis.
     self.flat = [ex for per in self.concepts.examples for ex in per]
     if self.concepts.losers:
@@ -99,11 +98,39 @@ class Trainer:
 
   def init_params(self) -> dict:
     """{'factor': [S], 'direction': [S, n]}: each slot initialised as its separate run would
-    (its cell's beta and direction scale, its concept's seed from the cell's seed)."""
+    (its cell's beta and direction scale, its concept's seed from the cell's seed), the factor
+    in the unit of steer.init (factor_units)."""
     per = [steer.init_steer_params(jax.random.key(concept_seed(cell.seed, cid)), self.width, 1,
                                    cell.beta, cell.direction_scale)
            for cell in self.cells for cid in self.concepts.ids]
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
+    params = jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
+    params['factor'] = params['factor'] * jnp.asarray(self.factor_units(), jnp.float32)
+    return params
+
+  def factor_units(self) -> np.ndarray:
+    """[S] what each slot's beta and factor LR are measured in: 1 under steer.init='width'
+    (factor0 = beta * sqrt(n)), its concept's residual RMS under 'residual'.
+
+    Scaling the init and the LR by the same r keeps Adam's step relative to the factor's size
+    as it is under 'width' (Adam moves the factor by about one LR per step, whatever the
+    gradient's scale), so 'residual' is 'width' with the factor measured in residual RMS.
+    """
+    if self.config.steer.get('init', 'width') == 'width':
+      return np.ones(self.num_slots)
+    per_concept, _ = self.residual_rms()
+    return np.tile(np.asarray(per_concept, np.float64), len(self.cells))
+
+  @property
+  def optimizer(self):
+    """The two-partition Adam (optim.make_optimizer) with each slot's LRs: its cell's, the
+    factor's in the unit of factor_units."""
+    if self._optimizer is None:
+      units = self.factor_units()
+      row_lrs = [(cell.values['optim.factor_lr'] * units[s], cell.values['optim.direction_lr'])
+                 for s, cell in enumerate(c for c in self.cells for _ in self.concepts.ids)]
+      self._optimizer = optim.make_optimizer(self.config.optim, self.total_steps, self.width,
+                                             row_lrs)
+    return self._optimizer
 
   def init_state(self) -> dict:
     """params, optimizer state, step and live [S] (False once a slot's cell diverged)."""
@@ -312,22 +339,58 @@ class Trainer:
     hyperparameter study selects by."""
     return self.evaluate(params, examples)['loss']
 
+  def residual_rms(self) -> tuple[list[float], float]:
+    """(per concept [K], pooled over all K): RMS of block-L outputs over the training
+    examples' tokens, leaving out each example's first token, an attention sink in many models
+    (gemma3-270m L9: RMS 3488 there against ~258 on the other tokens; SmolLM2 L10 ~6 on all).
+    Read from the bank when there is one, else from blocks 0..L run once more."""
+    if self._residual is None:
+      self.prepare()
+      k = self.num_concepts
+      sq, n = np.zeros(k), np.zeros(k)
+      examples = self.flat[:sum(len(per) for per in self.concepts.examples)]  # no SimPO losers
+      for start in range(0, len(examples), self.batch_size):
+        idx = list(range(start, min(start + self.batch_size, len(examples))))
+        h = self._lower_rows(idx)
+        for j, i in enumerate(idx):
+          ex = examples[i]
+          x = np.asarray(h[j, 1:ex.length], np.float64)
+          sq[ex.concept] += np.square(x).sum()
+          n[ex.concept] += x.size
+      self._residual = (np.sqrt(sq / np.maximum(n, 1)).tolist(),
+                        float(np.sqrt(sq.sum() / max(n.sum(), 1))))
+    return self._residual
+
+  def _lower_rows(self, idx: list[int]) -> np.ndarray:
+    """Block-L outputs of global examples `idx` [len(idx), W, D] on the host: bank rows, or
+    a right-padded batch through blocks 0..L."""
+    if self.bank is not None:
+      return np.asarray(parallel.to_host(self.bank[np.asarray(idx)]))
+    b = parallel.place_batch(
+        {k: v for k, v in data.pad_batch([self.flat[i] for i in idx], self.pad_id,
+                                         int(self.config.data.pad_multiple)).items()
+         if k in ('tokens', 'length')}, self.mesh)
+    return np.asarray(parallel.to_host(lower_hidden_jit(
+        self.model.params, self.model.cfg, self.layer, b['tokens'], b['length'])))
+
   # ------------------------------------------------------------------ block-L bank
 
   def prepare(self) -> float:
     """Builds what every step reads: the block-L bank and, for SimPO, the reference log-probs.
 
-    Idempotent; returns the seconds it took (0 when already prepared). step() calls it too.
+    Idempotent; returns the seconds it took (the first call's, whoever made it). step() calls
+    it too.
     """
     if self._prepared:
-      return 0.0
+      return self._prepare_s
     start = time.perf_counter()
     self.bank = self._build_bank()
     jax.block_until_ready(self.bank)
     if self.config.train.loss == 'simpo':
       self.ref_logp = self._compute_reference()
     self._prepared = True
-    return time.perf_counter() - start
+    self._prepare_s = time.perf_counter() - start
+    return self._prepare_s
 
   def _build_bank(self):
     """Block-L outputs of every example, computed once (None if over the memory budget)."""

@@ -6,6 +6,7 @@
   # the same as shell lines, one per run, for a cluster (each through a launcher script)
   python launch/sweep.py --config=configs/prosv.py:gemma2_2b --sweep=beta_lr \
       --root=workdirs/sweeps/2b --print --launcher='launch/slurm.sh --nodes=1 --gpus-per-node=8'
+  # a long sweep in pieces that each fit a sitting: the same command with --part=1/3, 2/3, 3/3
 
 Every --config.* override applies to every run. Runs that differ only in beta, direction
 scale, LRs and seed (a beta x LR grid) train here as slots of one compiled step, each still
@@ -35,6 +36,8 @@ LAUNCHER = flags.DEFINE_string('launcher', 'python launch/train.py',
                                'With --print: the command each run goes through, e.g. '
                                "'launch/slurm.sh --nodes=2' (it gets --config and overrides).")
 MAX_RUNS = flags.DEFINE_integer('max_runs', 0, 'Only the first N runs of the sweep (0 = all).')
+PART = flags.DEFINE_string('part', '', "Only piece i of n of the sweep's runs, e.g. 2/3 (a long "
+                           'sweep as n commands; sweep.json still lists every run).')
 MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Stop each run after this many steps.')
 RETRY_FAILED = flags.DEFINE_boolean('retry_failed', False, 'Train again runs that failed.')
 SEPARATE = flags.DEFINE_boolean('separate', False,
@@ -70,6 +73,8 @@ def main(argv):
       runs = runs[:MAX_RUNS.value]
     sweep.check_common(common, runs)
     sweep.write_manifest(ROOT.value, config_spec, SWEEP.value, runs, common)
+    if PART.value:
+      runs = sweep.part(runs, PART.value)
     if PRINT.value:
       todo = [r for r in runs if not sweep.is_finished(r.workdir)]
       if len(todo) < len(runs):

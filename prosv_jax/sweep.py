@@ -191,6 +191,23 @@ def expand(points: list[dict], root: str) -> list[Run]:
   return runs
 
 
+def part(runs: list[Run], spec: str) -> list[Run]:
+  """Piece i of n of `runs` (spec 'i/n', 1-based): n contiguous pieces whose sizes differ by
+  at most one, so a sweep too long for one sitting runs as n commands. Contiguous keeps a
+  grid's fastest axis together (beta x factor LR in 3 parts: a beta per part, its LRs one slot
+  run)."""
+  m = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', str(spec))
+  if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+    raise ProsvError(f'--part={spec!r} does not parse; give i/n with 1 <= i <= n, e.g. 2/3')
+  i, n = int(m.group(1)), int(m.group(2))
+  if n > len(runs):
+    raise ProsvError(f'--part={spec}: the sweep has {len(runs)} runs, fewer than {n} parts; '
+                     f'use n <= {len(runs)}')
+  size, extra = divmod(len(runs), n)
+  start = (i - 1) * size + min(i - 1, extra)
+  return runs[start:start + size + (i <= extra)]
+
+
 def apply(config, overrides: dict):
   """A copy of `config` with `overrides` set; a key the config lacks is a ProsvError."""
   config = config.copy_and_resolve_references()

@@ -147,6 +147,29 @@ def test_print_gives_one_command_per_run(tmp_path):
   assert dry.startswith('sbatch ') and 'beta1_flr0.1' in dry
 
 
+def test_parts_cover_the_runs_once_in_order(tmp_path):
+  runs = sweep.expand(sweep.paper_grid(), str(tmp_path))  # 30 runs
+  for n in (1, 4, 7, 30):
+    pieces = [sweep.part(runs, f'{i}/{n}') for i in range(1, n + 1)]
+    assert [r for p in pieces for r in p] == runs
+    assert max(map(len, pieces)) - min(map(len, pieces)) <= 1
+  # 5 parts of the 5 x 6 (beta, factor LR) grid: a whole beta row each
+  assert [r.name for r in sweep.part(runs, '2/5')] == [f'beta2_flr{x:g}'
+                                                      for x in sweep.PAPER_FACTOR_LRS]
+  for bad, message in (('0/3', '1 <= i <= n'), ('4/3', '1 <= i <= n'), ('2', 'i/n'),
+                       ('1/31', 'fewer than 31 parts')):
+    with pytest.raises(ProsvError, match=message):
+      sweep.part(runs, bad)
+  out = launch('sweep.py', '--config=configs/prosv.py:smollm2', '--sweep=beta_lr',
+               f'--root={tmp_path}/p', '--print', '--part=3/3').stdout.splitlines()
+  assert [shlex.split(line)[-1] for line in out] == [
+      f'--config.workdir={tmp_path}/p/{r.name}' for r in runs[20:]]
+  assert len(json.load(open(f'{tmp_path}/p/sweep.json'))['runs']) == 30  # all of them
+  result = launch('sweep.py', '--config=configs/prosv.py', '--sweep=beta_lr',
+                  f'--root={tmp_path}/q', '--print', '--part=x', check=False)
+  assert result.returncode != 0 and "--part='x' does not parse" in result.stderr
+
+
 def test_sweep_refuses_an_override_of_a_swept_key(tmp_path):
   result = launch('sweep.py', '--config=configs/prosv.py', '--sweep=beta_lr',
                   f'--root={tmp_path}', '--print', '--config.steer.beta=3', check=False)

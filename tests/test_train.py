@@ -164,6 +164,7 @@ def test_exploding_factor_stops_with_the_last_good_state(tmp_path, tiny_model, t
     ({'train.batch_size': 0}, 'train.batch_size=0'),
     ({'data.source': '/nonexistent/data.parquet'}, 'nonexistent'),
     ({'steer.init': 'rms'}, "steer.init='rms'; use width"),
+    ({'steer.residual_ref': 0.0}, 'steer.residual_ref=0.0; use the positive'),
 ])
 def test_bad_configs_are_rejected_before_compute(tmp_path, tiny_model, tiny_model_path,
                                                   overrides, message):
@@ -374,11 +375,13 @@ def test_residual_rms_by_hand(tmp_path, tiny_model, tiny_model_path, cache_hidde
 def test_residual_init_is_the_width_init_in_residual_units(tmp_path, tiny_model, tiny_model_path):
   """steer.init='residual' with (beta, factor LR) trains exactly as 'width' with both times
   the residual RMS r: the init and Adam's factor step are scaled together."""
-  lr = 0.5
+  lr, ref = 0.5, 0.5
   res = train_and_export(tiny_config(tiny_model_path, tmp_path / 'res', **{
-      'steer.init': 'residual', 'steer.beta': 2.0, 'optim.factor_lr': lr}), tiny_model)
+      'steer.init': 'residual', 'steer.residual_ref': ref, 'steer.beta': 2.0,
+      'optim.factor_lr': lr}), tiny_model)
   (r,) = res['factor_unit']
-  assert r == pytest.approx(res['residual_rms'], rel=1e-5) and r != pytest.approx(1.0, abs=0.05)
+  assert r == pytest.approx(res['residual_rms'] / ref, rel=1e-5)
+  assert r != pytest.approx(1.0, abs=0.05)
   plain = train_and_export(tiny_config(tiny_model_path, tmp_path / 'plain', **{
       'steer.beta': 2.0 * r, 'optim.factor_lr': lr * r}), tiny_model)
   assert plain['factor_unit'] == [1.0] and plain['init_rule'] == 'width'

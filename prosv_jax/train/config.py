@@ -59,10 +59,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.steer = ml_collections.ConfigDict()
   c.steer.beta = PAPER_GEMMA2_2B_L10['beta']  # factor init size: factor0 = beta * sqrt(width)
   # What beta (and the factor LR) are measured in. 'width': factor0 = beta * sqrt(n), the
-  # paper's rule. 'residual': factor0 = beta * sqrt(n) * r and factor LR x r, r the concept's
-  # block-L residual RMS (Trainer.residual_rms), so the edit starts at about beta * s / sqrt(3)
-  # residual RMS on every model (r is ~6 on SmolLM2 L10, ~258 on gemma3-270m L9).
+  # paper's rule. 'residual': factor0 = beta * sqrt(n) * r / residual_ref and the factor LR
+  # times r / residual_ref, r the concept's block-L residual RMS (Trainer.residual_rms; ~6 on
+  # SmolLM2 L10, ~258 on gemma3-270m L9), so one (beta, LR) gives the same edit-to-residual
+  # ratio on every model: beta * s / sqrt(3) / residual_ref at init.
   c.steer.init = 'width'
+  # 'residual' only: the residual RMS the numbers were tuned at (like optim.base_width for the
+  # width rule): 1 = pure residual units; 6 carries a SmolLM2-tuned 'width' cell to any model.
+  c.steer.residual_ref = 1.0
   c.steer.direction_scale = PAPER_GEMMA2_2B_L10['direction_scale']  # s: v ~ U(+-s/sqrt(width))
 
   c.optim = ml_collections.ConfigDict()
@@ -349,6 +353,9 @@ def check_config(config) -> None:
   if config.steer.get('init', 'width') not in INIT_RULES:
     raise ProsvError(f'steer.init={config.steer.init!r}; use width (factor0 = beta * sqrt(n)) or '
                      f'residual (the same times the block-L residual RMS)')
+  if not config.steer.get('residual_ref', 1.0) > 0:
+    raise ProsvError(f'steer.residual_ref={config.steer.residual_ref}; use the positive '
+                     f'residual RMS the numbers were tuned at (1 = pure residual units)')
   if config.dtype not in ('float32', 'bfloat16'):
     raise ProsvError(f'dtype={config.dtype!r}; use float32 or bfloat16')
   _check_numbers(config)

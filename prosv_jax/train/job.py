@@ -89,7 +89,8 @@ def _check_same_config(workdir: str, config_json: str):
     for c in (old, new):
       c.get('data', {}).pop('pack', None)
     # Keys added since some workdirs were written, at the value that means what they ran.
-    for section, key, value in (('train', 'slots', ''), ('steer', 'init', 'width')):
+    for section, key, value in (('train', 'slots', ''), ('steer', 'init', 'width'),
+                                ('steer', 'residual_ref', 1.0)):
       if key not in old.get(section, {}) and new.get(section, {}).get(key) == value:
         new[section].pop(key)
     changed = sorted(k for k in set(old) | set(new)
@@ -486,7 +487,7 @@ def _summary(trainer, config, params, init, metrics_path, run) -> dict:
       'residual_rms': run.residual_rms,
       'factor_lr': factor_lr, 'direction_lr': direction_lr,
       # steer.init: beta and factor_lr are in these units per concept (Adam's factor LR is
-      # factor_lr x unit); 1 under 'width', the concept's residual RMS under 'residual'.
+      # factor_lr x unit); 1 under 'width', residual RMS / steer.residual_ref under 'residual'.
       'init_rule': config.steer.get('init', 'width'),
       'factor_unit': _rounded(trainer.factor_units()[:trainer.num_concepts]),
       'hidden_cache': trainer.bank is not None,

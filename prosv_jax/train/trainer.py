@@ -109,7 +109,8 @@ class Trainer:
 
   def factor_units(self) -> np.ndarray:
     """[S] what each slot's beta and factor LR are measured in: 1 under steer.init='width'
-    (factor0 = beta * sqrt(n)), its concept's residual RMS under 'residual'.
+    (factor0 = beta * sqrt(n)), its concept's residual RMS / steer.residual_ref under
+    'residual'.
 
     Scaling the init and the LR by the same r keeps Adam's step relative to the factor's size
     as it is under 'width' (Adam moves the factor by about one LR per step, whatever the
@@ -118,7 +119,8 @@ class Trainer:
     if self.config.steer.get('init', 'width') == 'width':
       return np.ones(self.num_slots)
     per_concept, _ = self.residual_rms()
-    return np.tile(np.asarray(per_concept, np.float64), len(self.cells))
+    ref = float(self.config.steer.get('residual_ref', 1.0))
+    return np.tile(np.asarray(per_concept, np.float64) / ref, len(self.cells))
 
   @property
   def optimizer(self):

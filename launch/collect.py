@@ -1,6 +1,8 @@
 """Gathers a sweep's runs into one CSV: config, summary figures and steering score per run.
 
   python launch/collect.py --root=workdirs/sweeps/beta_lr --out=workdirs/sweeps/beta_lr/study.csv
+  # and the cell a study picks (lowest loss on held-out positives), as --config flags
+  python launch/collect.py --root=workdirs/sweeps/beta_lr --best=heldout_loss
 
 A run's score comes from an evaluation's results.json in its folder or its eval/ subfolder
 (e.g. python launch/evaluate.py --config=configs/eval.py --config.methods=prosv
@@ -10,10 +12,13 @@ prosv_jax/study.py.
 
 from absl import app, flags
 
-from prosv_jax import study
+from prosv_jax import study, sweep
 
 ROOT = flags.DEFINE_string('root', None, 'A sweep root (launch/sweep.py --root).')
 OUT = flags.DEFINE_string('out', None, 'The CSV to write (default: <root>/study.csv).')
+BEST = flags.DEFINE_string('best', '', 'Also print the finished run with the lowest value of '
+                           'this column (highest for score*), e.g. heldout_loss, and its swept '
+                           'keys as --config flags for the next sweep.')
 flags.mark_flags_as_required(['root'])
 
 
@@ -29,6 +34,15 @@ def main(argv):
     counts[r['status']] = counts.get(r['status'], 0) + 1
   print(f'{len(rows)} runs ({", ".join(f"{v} {k}" for k, v in sorted(counts.items()))}) '
         f'-> {out}')
+  if BEST.value:
+    try:
+      row = study.best(rows, BEST.value)
+    except ValueError as e:
+      raise SystemExit(f'error: {e}') from None
+    swept = sweep.read_manifest(ROOT.value).get('runs', {}).get(row['run'], {})
+    flags_ = sweep.config_flags_of(swept.get('overrides', {}))
+    print(f'best by {BEST.value}: {row["run"]} ({BEST.value} {row[BEST.value]:.4f}) '
+          f'{" ".join(flags_)}')
 
 
 if __name__ == '__main__':

@@ -22,10 +22,15 @@ from prosv_jax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE
 STUDY_KEYS = ('model', 'layer', 'positions', 'steer.beta', 'steer.direction_scale',
               'optim.factor_lr', 'optim.direction_lr', 'optim.base_width',
               'optim.factor_lr_width_exponent', 'optim.direction_lr_width_exponent',
-              'train.loss', 'train.epochs', 'train.batch_size', 'data.concepts')
-SUMMARY_KEYS = ('steps', 'total_steps', 'width', 'final_loss', 'factor', 'direction_norm',
-                'residual_rms', 'edit_rms_ratio', 'factor_lr', 'direction_lr', 'concepts',
-                'train_s', 'steps_per_s')
+              'train.loss', 'train.epochs', 'train.batch_size', 'data.concepts', 'steer.init',
+              'steer.residual_ref')
+SUMMARY_KEYS = ('steps', 'total_steps', 'width', 'final_loss', 'heldout_loss',
+                'heldout_gain', 'train_loss', 'factor', 'direction_norm', 'direction_moved',
+                'direction_cosine_to_init', 'residual_rms', 'factor_unit', 'edit_rms_ratio',
+                'factor_lr', 'direction_lr', 'concepts', 'train_s', 'steps_per_s')
+# What a study selects by: the steered loss on held-out positives of the trained concepts
+# (AxBench's latent_eval_data), which no evaluation of steering reads.
+SELECT_BY = 'heldout_loss'
 RESULTS = 'results.json'
 
 
@@ -127,7 +132,19 @@ def run_row(folder: str, name: str, overrides: dict | None = None) -> dict:
                residual_rms=summary.get('residual_rms'),
                factor_lr=summary.get('factor_lr'), direction_lr=summary.get('direction_lr'),
                concepts=_cell(summary.get('concept_ids')), train_s=summary.get('train_s'),
-               steps_per_s=summary.get('steps_per_s'))
+               steps_per_s=summary.get('steps_per_s'),
+               heldout_loss=_mean(summary.get('heldout_loss')),
+               train_loss=_mean(summary.get('train_loss')),
+               direction_moved=_mean(summary.get('direction_moved')),
+               direction_cosine_to_init=_mean(summary.get('direction_cosine_to_init')),
+               factor_unit=_mean(summary.get('factor_unit')))
+    # Held-out loss minus the unsteered model's, per concept and averaged (< 0: it helps).
+    held, base = summary.get('heldout_loss'), summary.get('heldout_loss_unsteered')
+    if held and base:
+      gains = [None if h is None or b is None else h - b for h, b in zip(held, base)]
+      row['heldout_gain'] = _mean(gains)
+      for cid, gain in zip(summary.get('concept_ids') or [], gains):
+        row[f'heldout_gain_c{cid}'] = gain
     factors, norms = summary.get('factor') or [], summary.get('direction_norm') or []
     rms, width = summary.get('residual_rms'), summary.get('width')
     if factors and norms and rms and width:
@@ -154,6 +171,16 @@ def collect(root: str) -> list[dict]:
     rows.append(run_row(folder, name, {**entry.get('overrides', {}),
                                        **entry.get('common', {})}))
   return sorted(rows, key=lambda r: r['run'])
+
+
+def best(rows: list[dict], metric: str = SELECT_BY) -> dict:
+  """The finished row with the lowest `metric` (the highest for score columns)."""
+  done = [r for r in rows if r.get('status') == 'done' and _number(r.get(metric)) is not None]
+  if not done:
+    raise ValueError(f'no finished run with a {metric!r} figure; train the sweep to the end '
+                     f'(held-out figures need an AxBench source with latent_eval_data)')
+  sign = -1.0 if metric.startswith('score') else 1.0
+  return min(done, key=lambda r: sign * _number(r[metric]))
 
 
 def columns(rows: list[dict]) -> list[str]:

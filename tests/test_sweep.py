@@ -372,6 +372,35 @@ def test_collect_writes_one_row_per_run(swept, tmp_path):
   assert by_name['beta1_flr0.1']['score'] == ''
   assert {r['steer.beta'] for r in rows} == {'1.0', '4.0'}
   assert all(float(r['final_loss']) > 0 and r['status'] == 'done' for r in rows)
+  # --best: the lowest final loss, with its swept keys as flags for the next sweep
+  low = min(rows, key=lambda r: float(r['final_loss']))
+  printed = launch('collect.py', f'--root={root}', f'--out={out}', '--best=final_loss').stdout
+  beta, flr = float(low['steer.beta']), float(low['optim.factor_lr'])
+  assert (f'best by final_loss: {low["run"]} ' in printed
+          and f'--config.steer.beta={beta} --config.optim.factor_lr={flr}' in printed)
+  # the demo data has no held-out positives: selecting by them is refused, saying why
+  result = launch('collect.py', f'--root={root}', f'--out={out}', '--best=heldout_loss',
+                  check=False)
+  assert result.returncode != 0 and "no finished run with a 'heldout_loss'" in result.stderr
+
+
+def test_rows_carry_the_heldout_figures_a_study_selects_by(tmp_path):
+  def run(name, held, base, factor):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps({'steer': {'beta': factor / 24}}))
+    (folder / 'summary.json').write_text(json.dumps({
+        'steps': 72, 'total_steps': 72, 'concept_ids': [0, 1], 'factor': [factor, factor],
+        'heldout_loss': held, 'heldout_loss_unsteered': base, 'factor_unit': [6.0, 5.0]}))
+  run('a', [2.2, 3.0], [2.4, 3.4], 24.0)
+  run('b', [2.3, 2.8], [2.4, 3.4], 96.0)
+  rows = study.collect(str(tmp_path))
+  a, b = rows
+  assert a['heldout_loss'] == pytest.approx(2.6) and b['heldout_loss'] == pytest.approx(2.55)
+  assert a['heldout_gain'] == pytest.approx(-0.3) and b['heldout_gain_c1'] == pytest.approx(-0.6)
+  assert a['factor_unit'] == pytest.approx(5.5)
+  assert study.best(rows)['run'] == 'b'
+  assert study.best(rows, 'heldout_gain_c0')['run'] == 'a'
 
 
 def test_plots_are_written(swept, tmp_path):

@@ -268,7 +268,33 @@ def method_sweeps(method: str) -> dict:
       # The direction's init scale and LR (METHOD.md: s in {1, 8}, direction LR {0.04, 0.08}).
       'direction': lambda: sweep.grid({'steer.direction_scale': sweep.PAPER_DIRECTION_SCALES,
                                        'optim.direction_lr': sweep.PAPER_DIRECTION_LRS}),
+      # docs/STUDY.md, at the full budget, selected by held-out loss (launch/study.sh):
+      # (beta, factor LR) wide enough to hold the optimum, 3 x 3, one beta row per --part=i/3;
+      'study_beta_lr': lambda: sweep.grid({'steer.beta': STUDY_BETAS,
+                                           'optim.factor_lr': STUDY_FACTOR_LRS}),
+      # (s, direction LR) at a method's chosen (beta, factor LR), given as --config overrides;
+      'study_direction': lambda: sweep.grid({'steer.direction_scale': (1.0, 8.0),
+                                             'optim.direction_lr': STUDY_DIRECTION_LRS}),
+      # one chosen cell under both init rules (run on another model: does it transfer?).
+      'study_init': lambda: [
+          {'steer.init': 'width', sweep.NAME: ('init-width',)},
+          {'steer.init': 'residual', 'steer.residual_ref': SMOLLM2_L10_RMS,
+           sweep.NAME: ('init-residual',)}],
+      **({'study_positions': lambda: sweep.axis('positions', STUDY_POSITIONS, alias='')}
+         if method == 'prosv' else {}),
   }
+
+
+# The study's grids (issue: PrOSV without sacrifice): the ranges its authors suggest, wider
+# than the paper's presets on both sides (PrOSV beta 4 / factor LR 10, FSSV 2 / 1).
+STUDY_BETAS = (0.25, 1.0, 4.0)
+STUDY_FACTOR_LRS = (0.1, 1.0, 10.0)
+STUDY_DIRECTION_LRS = (0.04, 0.08, 0.16)
+STUDY_POSITIONS = ('p2+s2', 's4', 'p4+s4', 'prompt')
+# SmolLM2-135M-Instruct's block-10 residual RMS on Concept10 2b_l10's training rows (pooled
+# over the 10 concepts, Trainer.residual_rms; docs/STUDY.md): the residual_ref that carries a
+# cell tuned there under the width rule to another model under the residual rule.
+SMOLLM2_L10_RMS = 6.0
 
 
 def preset_sweep(method: str, name: str) -> list[dict]:

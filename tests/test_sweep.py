@@ -449,3 +449,39 @@ def test_score_sweep_evaluates_each_finished_run_once(swept, tmp_path):
   assert '4 runs scored' in again and 'harmonic' not in again  # nothing evaluated twice
   rows = study.collect(root)
   assert all(r['score'] is not None for r in rows)
+
+
+# --- the study's pieces (launch/study.sh) ---------------------------------------------------
+
+
+def test_study_pieces_chain_through_the_heldout_choice(tmp_path, tiny_model_path):
+  """A grid piece, then a direction piece that trains at the grid's cell with the lowest
+  held-out loss; the direction piece refuses to start before the grid has finished runs."""
+  from paths import CONCEPT10
+  if not (CONCEPT10 / 'latent_eval_data.parquet').exists():
+    pytest.skip('AxBench Concept10 data not beside the repo')
+  env = {**os.environ, 'STUDY_ROOT': str(tmp_path)}
+  tiny = [f'--config.model={tiny_model_path}', '--config.layer=1',
+          '--config.data.max_examples=4', '--config.data.max_response_tokens=16',
+          '--config.train.batch_size=4', '--config.train.epochs=1']
+
+  def piece(name):
+    return subprocess.run(['bash', 'launch/study.sh', name, *tiny], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+  early = piece('prosv-dir-1')
+  assert early.returncode == 1 and 'run prosv-grid-1..3 first' in early.stderr
+  grid = piece('prosv-grid-2')  # beta 1 x factor LR 0.1, 1, 10
+  assert grid.returncode == 0, grid.stderr[-3000:]
+  rows = study.collect(str(tmp_path / 'prosv_beta_lr'))
+  done = [r for r in rows if r['status'] == 'done']
+  assert [r['run'] for r in done] == ['beta1_flr0.1', 'beta1_flr1', 'beta1_flr10']
+  assert all(r['heldout_loss'] > 0 for r in done)
+  chosen = study.best(rows)
+  direction = piece('prosv-dir-1')  # s 1 x direction LR 0.04, 0.08, 0.16
+  assert direction.returncode == 0, direction.stderr[-3000:]
+  for name in ('s1_dlr0.04', 's1_dlr0.08', 's1_dlr0.16'):
+    config = json.load(open(tmp_path / 'prosv_direction' / name / 'config.json'))
+    assert config['steer']['beta'] == 1.0
+    assert config['optim']['factor_lr'] == float(chosen['optim.factor_lr'])
+    assert config['steer']['direction_scale'] == 1.0

@@ -275,11 +275,8 @@ def method_sweeps(method: str) -> dict:
       # (s, direction LR) at a method's chosen (beta, factor LR), given as --config overrides;
       'study_direction': lambda: sweep.grid({'steer.direction_scale': (1.0, 8.0),
                                              'optim.direction_lr': STUDY_DIRECTION_LRS}),
-      # one chosen cell under both init rules (run on another model: does it transfer?).
-      'study_init': lambda: [
-          {'steer.init': 'width', sweep.NAME: ('init-width',)},
-          {'steer.init': 'residual', 'steer.residual_ref': SMOLLM2_L10_RMS,
-           sweep.NAME: ('init-residual',)}],
+      # beta alone at a chosen factor LR (a model's own optimum near a transferred cell).
+      'study_beta': lambda: sweep.axis('steer.beta', STUDY_BETAS),
       **({'study_positions': lambda: sweep.axis('positions', STUDY_POSITIONS, alias='')}
          if method == 'prosv' else {}),
   }

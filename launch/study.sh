@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The study of docs/STUDY.md (where does PrOSV win?) as pieces that each fit one sitting of a
+# 2-core CPU. Every piece resumes: rerun the same piece after an interruption and its finished
+# runs are skipped, interrupted ones continue from their checkpoints. Results go under
+# runs/study/ (kept in git without checkpoints: commit runs/ after each piece).
+#
+#   bash launch/study.sh list        the pieces in the order their inputs need
+#   bash launch/study.sh PIECE       run one piece, e.g. prosv-grid-1
+#   bash launch/study.sh PIECE --config.x=y ...   the same with overrides for every run
+#                                    (STUDY_ROOT=... puts the results elsewhere)
+#
+# Full budget (12 epochs, whole responses, batch 12), SmolLM2-135M-Instruct L10, Concept10
+# 2b_l10 concepts 0 and 1 trained together (equal to two separate runs). Cells are chosen by
+# the steered loss on AxBench's held-out positives of those concepts (collect.py --best), which
+# no steering evaluation reads; launch/evaluate.py then reports on held-out instructions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+D=../shared/data/axbench/concept10/prod_2b_l10_v1
+ROOT=${STUDY_ROOT:-runs/study}
+DATA=(--config.data.source=$D --config.data.metadata=$D/metadata.jsonl
+      --config.data.concepts=0,1)
+# The residual rule with the numbers stated at SmolLM2's residual RMS (SMOLLM2_L10_RMS).
+RESIDUAL=(--config.steer.init=residual --config.steer.residual_ref=6.0)
+
+sweep() {  # sweep CONFIG NAME ROOT [flags...]
+  local config=$1 name=$2 root=$3
+  shift 3
+  python launch/sweep.py --config="$config" --sweep="$name" --root="$root" "$@" "${EXTRA[@]}"
+}
+
+best() {  # best ROOT: the --config flags of ROOT's run with the lowest held-out loss
+  python launch/collect.py --root="$1" --best=heldout_loss \
+    | sed -n 's/^best by heldout_loss: [^ ]* ([^)]*) //p'
+}
+
+need() {  # need ROOT PIECES: refuse to start before the pieces a choice depends on
+  if ! best "$1" >/dev/null 2>&1 || [ -z "$(best "$1")" ]; then
+    echo "error: $1 has no finished run with held-out figures yet; run $2 first" >&2
+    exit 1
+  fi
+}
+
+piece=${1:-list}
+EXTRA=("${@:2}")
+case $piece in
+  list)
+    cat <<'EOF'
+piece           runs (concept-runs)            what
+prosv-grid-1..3 3 cells x 2 concepts each      PrOSV (beta, factor LR) 3x3, one beta row each
+fssv-grid-1..3  3 x 2 each                     FSSV the same grid
+prosv-dir-1..2  3 x 2 each                     PrOSV (s, direction LR) 2x3 at prosv-grid's cell
+fssv-dir-1..2   3 x 2 each                     FSSV the same at fssv-grid's cell
+prosv-pos-1..2  2 x 2 each                     p2+s2, s4 | p4+s4, prompt at PrOSV's chosen cell
+gemma-grid      3 x 1 (gemma3-270m)            PrOSV's chosen cell on gemma3-270m under the
+                                               residual rule (ref: SmolLM2's RMS), beta in
+                                               {0.25, 1, 4} (concept 0)
+gemma-width     1 x 1 (gemma3-270m)            the same cell under the width rule, unchanged
+score           -                              offline-judge score of every finished cell
+collect         -                              CSVs and heatmaps under docs/study/
+EOF
+    ;;
+  prosv-grid-[123]|fssv-grid-[123])
+    method=${piece%%-*}
+    sweep "configs/$method.py" study_beta_lr "$ROOT/${method}_beta_lr" "${DATA[@]}" \
+      --part="${piece##*-}/3"
+    ;;
+  prosv-dir-[12]|fssv-dir-[12])
+    method=${piece%%-*}
+    need "$ROOT/${method}_beta_lr" "$method-grid-1..3"
+    # shellcheck disable=SC2046  # the chosen cell's flags, one word each
+    sweep "configs/$method.py" study_direction "$ROOT/${method}_direction" "${DATA[@]}" \
+      $(best "$ROOT/${method}_beta_lr") --part="${piece##*-}/2"
+    ;;
+  prosv-pos-[12])
+    need "$ROOT/prosv_direction" "prosv-dir-1..2"
+    # shellcheck disable=SC2046
+    sweep configs/prosv.py study_positions "$ROOT/prosv_positions" "${DATA[@]}" \
+      $(best "$ROOT/prosv_beta_lr") $(best "$ROOT/prosv_direction") --part="${piece##*-}/2"
+    ;;
+  gemma-grid)
+    need "$ROOT/prosv_direction" "prosv-dir-1..2"
+    # SmolLM2's factor LR, s and direction LR; beta swept around SmolLM2's (the residual
+    # rule at residual_ref 6 makes beta mean on gemma3 what it meant on SmolLM2, so the cell
+    # at SmolLM2's beta is its preset carried over by that rule).
+    flr=$(best "$ROOT/prosv_beta_lr" | grep -o -- '--config.optim.factor_lr=[^ ]*')
+    # shellcheck disable=SC2046
+    sweep configs/prosv.py:gemma3_270m study_beta "$ROOT/gemma_residual" \
+      --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
+      --config.data.concepts=0 "${RESIDUAL[@]}" "$flr" $(best "$ROOT/prosv_direction")
+    ;;
+  gemma-width)
+    need "$ROOT/prosv_direction" "prosv-dir-1..2"
+    # shellcheck disable=SC2046
+    python launch/train.py --config=configs/prosv.py:gemma3_270m \
+      --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
+      --config.data.concepts=0 $(best "$ROOT/prosv_beta_lr") $(best "$ROOT/prosv_direction") \
+      --config.workdir="$ROOT/gemma_width/chosen" "${EXTRA[@]}"
+    ;;
+  score)
+    for root in "$ROOT"/*/; do
+      python launch/score_sweep.py --root="$root" --config.instructions.count=10
+    done
+    ;;
+  collect)
+    mkdir -p docs/study
+    for root in "$ROOT"/*/; do
+      name=$(basename "$root")
+      python launch/collect.py --root="$root" --out="docs/study/$name.csv"
+    done
+    for m in prosv fssv; do
+      [ -f "docs/study/${m}_beta_lr.csv" ] || continue
+      python launch/plot_study.py --csv="docs/study/${m}_beta_lr.csv" --kind=heatmap \
+        --metric=heldout_gain --out="docs/study/${m}_beta_lr_heldout.png"
+    done
+    ;;
+  *)
+    echo "error: unknown piece '$piece'; bash launch/study.sh list shows the pieces" >&2
+    exit 2
+    ;;
+esac

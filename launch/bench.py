@@ -7,6 +7,7 @@
   python launch/bench.py --suite=breakdown            # where one training step's time goes
   python launch/bench.py --suite=parity               # this device's fp32/bf16 logits vs the CPU
   python launch/bench.py --suite=sample               # decode as the evaluation samples (top-k 50)
+  python launch/bench.py --suite=shapes               # compiled step shapes per run, planned vs not
 
 Prefill tokens/s counts prompt tokens (all rows the full width); decode tokens/s counts
 generated tokens over all rows (EOS ignored, so every row runs to the end). Training tokens/s
@@ -40,7 +41,7 @@ CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', '
 
 SUITE = flags.DEFINE_enum('suite', 'inference', ['inference', 'steer_decode', 'train',
                                                  'reference', 'breakdown', 'parity',
-                                                 'sample'],
+                                                 'sample', 'shapes'],
                           'Which cases to run.')
 MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Model spec.')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
@@ -234,6 +235,44 @@ def run_train(model):
                 'slots_per_token': round(trainer.slots_per_token, 4)})
 
 
+def run_shapes(model):
+  """Compiled step shapes of one concept's full right-padded run (12 epochs, as the
+  evaluation trains each concept), per concept of --data: the shapes the steps need on their
+  own against Trainer.step_shapes' plan (no new shape after the first epoch), and the token
+  slots per real token both ways. Host work only: nothing is trained."""
+  table = data.read_concept_table(DATA.value)
+  total = {'raw': 0, 'planned': 0, 'raw_late': 0, 'raw_slots': 0, 'planned_slots': 0,
+           'real': 0}
+  for cid in sorted(int(i) for i in table['concept_id'].unique() if i >= 0):
+    config = train_config('p2+s2', 1, DATA.value, 0)
+    config.data.concepts = (cid,)
+    config.data.pack = 'off'
+    trainer = Trainer(config, model)
+    spe, planned = trainer.steps_per_epoch, trainer.step_shapes
+    raw, real = [], 0
+    for step in range(trainer.total_steps):
+      b = trainer.host_batch(trainer.batch_rows(step))
+      raw.append((len(b['length']), b['tokens'].shape[1], trainer.response_width(b)))
+      real += int(b['length'].sum())
+    record = {'case': 'shapes', 'concept': cid, 'steps': trainer.total_steps,
+              'shapes_raw': len(set(raw)), 'shapes_planned': len(set(planned)),
+              'raw_new_after_epoch1': len(set(raw[spe:]) - set(raw[:spe])),
+              'planned_new_after_epoch1': len(set(planned[spe:]) - set(planned[:spe])),
+              'slots_per_token_raw': round(sum(n * w for n, w, _ in raw) / real, 4),
+              'slots_per_token_planned': round(sum(n * w for n, w, _ in planned) / real, 4)}
+    emit(record)
+    total['raw'] += record['shapes_raw']
+    total['planned'] += record['shapes_planned']
+    total['raw_late'] += record['raw_new_after_epoch1']
+    total['raw_slots'] += sum(n * w for n, w, _ in raw)
+    total['planned_slots'] += sum(n * w for n, w, _ in planned)
+    total['real'] += real
+  emit({'case': 'shapes_total', 'shapes_raw': total['raw'], 'shapes_planned': total['planned'],
+        'raw_new_after_epoch1': total['raw_late'],
+        'slots_per_token_raw': round(total['raw_slots'] / total['real'], 4),
+        'slots_per_token_planned': round(total['planned_slots'] / total['real'], 4)})
+
+
 def run_parity(model):
   """Logits of this device (fp32 and bf16 weights) against the CPU's fp32 on real prompts."""
   from prosv_jax.chat import chat_prompt_ids
@@ -382,12 +421,15 @@ def run_breakdown(model):
                 optimizer=trainer.optimizer, response_width=None)
 
   def host():  # what Trainer.step does on the host: the rows, their padded batch, placing it
-    batch = trainer.host_batch(trainer.batch_rows(0))
+    # The first step's planned width (right-padded runs); this suite times padded rows.
+    planned = trainer.step_shapes[0][1] if trainer.step_shapes else None
+    batch = trainer.host_batch(trainer.batch_rows(0), width=planned)
     return parallel.place_batch(batch, trainer.mesh), batch
 
   t_host = median_time(lambda: host()[0], repeats)
   batch, host_batch = host()
-  static['response_width'] = width = trainer.response_width(host_batch)
+  static['response_width'] = width = (trainer.step_shapes[0][2] if trainer.step_shapes
+                                      else trainer.response_width(host_batch))
   start = time.perf_counter()
   jax.block_until_ready(step_lib.train_step(trainer.init_state(), params, batch, trainer.bank,
                                             **static))
@@ -468,7 +510,7 @@ def main(argv):
   model = load_model(MODEL.value, DTYPE.value)
   {'inference': run_inference, 'steer_decode': run_steer_decode, 'train': run_train,
    'reference': run_reference, 'breakdown': run_breakdown,
-   'parity': run_parity, 'sample': run_sample}[SUITE.value](model)
+   'parity': run_parity, 'sample': run_sample, 'shapes': run_shapes}[SUITE.value](model)
 
 
 if __name__ == '__main__':

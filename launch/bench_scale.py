@@ -260,7 +260,7 @@ def run_case(model, k: int, devices, mesh_shape, layer: int, source: str, folder
   batches = [trainer.train_batch(s) for s in steps]  # packed or right-padded, as trained
   first_of_shape = {}
   for s, b in zip(steps, batches):
-    width = 0 if trainer.packed else trainer.response_width(b)
+    width = 0 if trainer.packed else trainer.step_shapes[s][2]
     first_of_shape.setdefault((tuple(v.shape for v in b.values()), width), s)
   state = trainer.init_state()
   compiled_before = _compile_seconds[0]

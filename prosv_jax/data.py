@@ -288,9 +288,11 @@ def epoch_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
   return batches
 
 
-def pad_batch(examples: list[Example], pad_id: int, multiple: int = 16) -> dict[str, np.ndarray]:
+def pad_batch(examples: list[Example], pad_id: int, multiple: int = 16,
+              width: int | None = None) -> dict[str, np.ndarray]:
   """Right-padded arrays for one batch; width is the longest row rounded up to `multiple`
-  (so only a few distinct shapes get compiled).
+  (so only a few distinct shapes get compiled), or `width` when given (a planned shape; at
+  least the longest row).
 
   Returns:
     tokens int32 [B, W]: prompt, then response, then pad_id; prompt_len int32 [B];
@@ -301,7 +303,11 @@ def pad_batch(examples: list[Example], pad_id: int, multiple: int = 16) -> dict[
   if multiple < 1:
     raise ProsvError(f'multiple must be at least 1, got {multiple}')
   lengths = example_lengths(examples)
-  width = round_up(int(lengths.max()), multiple)
+  if width is None:
+    width = round_up(int(lengths.max()), multiple)
+  elif width < int(lengths.max()):
+    raise ProsvError(f'pad_batch width {width} is narrower than the longest row '
+                     f'({int(lengths.max())} tokens)')
   tokens = np.full((len(examples), width), pad_id, np.int32)
   for row, ex in enumerate(examples):
     tokens[row, :len(ex.prompt)] = ex.prompt

@@ -401,3 +401,49 @@ def test_demo_source_has_no_heldout_split(tiny_model):
 def data_pad(examples, trainer):
   from prosv_jax import data
   return data.pad_batch(examples, trainer.pad_id, 16)
+
+
+def test_padded_steps_after_the_first_epoch_reuse_its_shapes(tmp_path, tiny_model,
+                                                              tiny_model_path):
+  """Right-padded steps are planned so that nothing compiles after the first epoch: every
+  later step's (rows, width, response width) is one the first epoch ran, wide enough for it."""
+  c = tiny_config(tiny_model_path, tmp_path / 'plan', **{
+      'data.concepts': (0, 1), 'data.max_examples': 24, 'data.max_response_tokens': 0,
+      'data.pack': 'off', 'data.pad_multiple': 4, 'train.epochs': 8,
+      'train.checkpoint_every': 100})
+  trainer = Trainer(c, tiny_model)
+  spe, shapes = trainer.steps_per_epoch, trainer.step_shapes
+  assert len(shapes) == trainer.total_steps and set(shapes[spe:]) <= set(shapes[:spe])
+  raw = []  # what each step would need on its own: some later one is new to the first epoch
+  for step in range(trainer.total_steps):
+    b = trainer.host_batch(trainer.batch_rows(step))
+    raw.append((len(b['length']), b['tokens'].shape[1], trainer.response_width(b)))
+    planned = trainer.train_batch(step)
+    n, width, response_width = shapes[step]
+    assert planned['tokens'].shape == (n, width) and width >= raw[-1][1]
+    assert response_width >= raw[-1][2]
+    np.testing.assert_array_equal(planned['tokens'][:, :raw[-1][1]], b['tokens'])
+  assert set(raw[spe:]) - set(raw[:spe]), 'the data should need a new shape after epoch 1'
+  jax.clear_caches()
+  train_and_export(c, tiny_model)
+  assert train_step.train_step._cache_size() == len(set(shapes[:spe]))
+
+
+def test_residual_rms_launcher_prints_the_trainers_figures(tmp_path, tiny_model, tiny_model_path):
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'residual_rms.py'),
+       f'--config={os.path.join(ROOT, "configs", "prosv.py")}', f'--config.model={tiny_model_path}',
+       '--config.layer=1', '--config.data.concepts=0,2', '--config.data.max_examples=8'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+  printed = json.loads(out.strip().splitlines()[-1])
+  c = tiny_config(tiny_model_path, tmp_path / 'x', **{'data.concepts': (0, 2),
+                                                      'data.max_response_tokens': 0})
+  per_concept, pooled = Trainer(c, tiny_model).residual_rms()
+  assert printed['concepts'] == [0, 2] and printed['layer'] == 1
+  np.testing.assert_allclose(printed['residual_rms'], per_concept, rtol=1e-3)
+  assert printed['pooled'] == pytest.approx(pooled, rel=1e-3)
+  bad = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'residual_rms.py'),
+       f'--config.model={tiny_model_path}', '--config.layer=9'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith('error: ')

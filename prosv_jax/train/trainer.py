@@ -88,6 +88,9 @@ class Trainer:
     self.row_multiple = 1 if self.mesh is None else int(self.mesh.shape[parallel.DATA])
     self.head_slots = {}  # packed LM-head slots per packed row count; _plan_packing()
     self.packed = self._plan_packing()
+    # Right-padded runs: each step's (rows, width, response width), planned so that no step
+    # after the first epoch needs a shape the first epoch has not compiled.
+    self.step_shapes = None if self.packed else self._plan_padded()
     self.token_slots = self.real_tokens = 0  # token slots and real tokens of the steps run so far
     self.bank = None  # [N, W, D] block-L outputs, or None (recomputed each step); prepare()
     self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
@@ -184,12 +187,14 @@ class Trainer:
       rows = rows + [r + n for r in rows]
     return rows
 
-  def host_batch(self, rows: list[int], slots_: list[int] | None = None) -> dict:
+  def host_batch(self, rows: list[int], slots_: list[int] | None = None,
+                 width: int | None = None) -> dict:
     """The right-padded numpy batch of global rows `rows` (every process builds the same one);
-    slots_ gives each row's param row (default: its concept index, right without train.slots)."""
+    slots_ gives each row's param row (default: its concept index, right without train.slots);
+    width pads to a planned width (default: the longest row, rounded up)."""
     rows = self._with_losers(rows)
     examples = [self.flat[r] for r in rows]
-    batch = data.pad_batch(examples, self.pad_id, int(self.config.data.pad_multiple))
+    batch = data.pad_batch(examples, self.pad_id, int(self.config.data.pad_multiple), width)
     return self._add_rows(batch, rows, slots_)
 
   def packed_batch(self, rows: list[int], slots_: list[int] | None = None) -> dict:
@@ -214,9 +219,41 @@ class Trainer:
     return batch
 
   def train_batch(self, step: int) -> dict:
-    """The numpy batch training step `step` runs on: packed_batch or host_batch."""
+    """The numpy batch training step `step` runs on: packed_batch, or host_batch at the
+    step's planned width."""
     rows, slots_ = self.slot_batch(step)
-    return (self.packed_batch if self.packed else self.host_batch)(rows, slots_)
+    if self.packed:
+      return self.packed_batch(rows, slots_)
+    return self.host_batch(rows, slots_, width=self.step_shapes[step][1])
+
+  def _plan_padded(self) -> list[tuple[int, int, int]]:
+    """(rows, width, response width) of every right-padded step, such that the steps after
+    the first epoch reuse shapes the first epoch compiled.
+
+    Each step needs its longest row and longest response rounded up to data.pad_multiple. Of
+    the first epoch's steps with a given row count, the one needing the widest shape gets the
+    widest the whole run needs of that row count; every step then takes the narrowest planned
+    shape that holds it. On Concept10 2b_l10 (10 concepts x 12 epochs, batch 12) that compiles
+    49 shapes instead of 79 for 1.4% more token slots.
+    """
+    multiple = int(self.config.data.pad_multiple)
+    lengths = data.example_lengths(self.flat)
+    responses = np.array([len(e.response) for e in self.flat])
+    need = []
+    for step in range(self.total_steps):
+      ex = np.asarray(self._with_losers(self.batch_rows(step)))
+      need.append((len(ex), round_up(int(lengths[ex].max()), multiple),
+                   max(multiple, round_up(int(responses[ex].max()), multiple))))
+    first = need[:self.steps_per_epoch]
+    shapes = set(first)
+    for count in {n for n, _, _ in need}:
+      mine = [s for s in first if s[0] == count]
+      if mine:
+        shapes.discard(max(mine))
+      shapes.add((count, max(s[1] for s in need if s[0] == count),
+                  max(s[2] for s in need if s[0] == count)))
+    return [min(s for s in shapes if s[0] == n and s[1] >= w and s[2] >= r)
+            for n, w, r in need]
 
   def _plan_packing(self) -> bool:
     """Lays out every step of the run once (numpy on the host, fast) and applies data.pack:
@@ -474,7 +511,7 @@ class Trainer:
     if self.bank is None:
       batch.pop('rows')
     tokens = sum(self.flat[r].length for r in rows)
-    width = 0 if self.packed else self.response_width(batch)  # packed: the head has its own
+    width = 0 if self.packed else self.step_shapes[step][2]  # packed: the head has its own
     # One jit for every mesh: the placed inputs carry the shardings, the compiler does the rest.
     state, metrics = train_step(
         state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank,

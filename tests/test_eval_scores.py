@@ -214,3 +214,19 @@ def test_bootstrap_is_seeded_and_resamples_the_hierarchy():
   # Samples of one instruction travel together: nothing to resample.
   together = [np.array([[[0.0, 2.0]]])]
   assert scores.paired_bootstrap(together, ['m'], draws=200)['m']['ci'] == [1.0, 1.0]
+
+
+def test_concept_bootstrap_and_sides():
+  a, b = [0.10, 0.20, 0.30], [0.50, 0.30, 0.70]
+  out = scores.concept_bootstrap(a, b, weight=0.5, draws=500, seed=1)
+  assert out['value'] == pytest.approx(np.mean(a) - 0.5 * np.mean(b)) and out['concepts'] == 3
+  low, high = out['ci']
+  # the concept means of a - b/2 are -0.15, 0.05, -0.05: every draw lies between their extremes
+  assert -0.15 - 1e-12 <= low <= out['value'] <= high <= 0.05 + 1e-12
+  assert scores.concept_bootstrap(a, b, 0.5, 500, 1) == out  # seeded
+  same = scores.concept_bootstrap([0.2, 0.4], [0.4, 0.8], weight=0.5)
+  assert same['value'] == pytest.approx(0.0) and same['ci'] == pytest.approx([0.0, 0.0])
+  assert [scores.side(c) for c in ([0.1, 0.3], [-0.3, -0.1], [-0.1, 0.2])] == [
+      'above 0', 'below 0', 'spans 0']
+  with pytest.raises(ValueError, match='one value per concept'):
+    scores.concept_bootstrap([0.1], [0.1, 0.2])

@@ -166,7 +166,17 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   for method in results['methods']:  # user-given files are scored for every method
     assert 0 <= results['utility'][method]['multiple_choice'] <= 1
     assert 0 <= results['utility'][method]['gsm8k'] <= 1
+  # The verdict: the main table's paired difference, and the utility losses per concept.
+  v = results['verdict']
+  assert v['harmonic']['prosv_minus_fssv'] == pytest.approx(
+      -results['methods']['fssv']['vs_prosv']['diff'])
+  assert v['harmonic']['side'] == scores.side(v['harmonic']['ci'])
+  p, f = (results['utility'][m]['loglik_loss_per_concept'] for m in ('prosv', 'fssv'))
+  assert len(p) == len(f) == 2
+  assert v['utility']['prosv_minus_half_fssv'] == pytest.approx(np.mean(p) - 0.5 * np.mean(f))
   table = (tmp_path / 'ev' / 'results.md').read_text()
+  assert "Is PrOSV's harmonic mean at least FSSV's?" in table
+  assert "Is PrOSV's utility loss at most half of FSSV's?" in table
   assert '| PrOSV, trained factor |' in table and 'Factor grid, PrOSV' in table
   assert 'Response halves' in table
 

@@ -382,6 +382,7 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected, 
           losses.append(utility.loglik_loss(model, rows, **s)['loss'])
       res['loglik_loss'] = float(np.mean(losses))
       res['loglik_loss_std'] = float(np.std(losses))
+      res['loglik_loss_per_concept'] = [float(x) for x in losses]
     if mc is not None:
       res['multiple_choice'] = float(np.mean([utility.multiple_choice_accuracy(
           model, with_prompt(mc, method, cid), **s)['accuracy'] for cid, s in per]))
@@ -389,6 +390,35 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected, 
       res['gsm8k'] = float(np.mean([utility.gsm8k_accuracy(
           model, with_prompt(gsm, method, cid), **s)['accuracy'] for cid, s in per]))
     out[method] = res
+  return out
+
+
+def verdict(results: dict, stats) -> dict:
+  """The two questions the method's claim rests on, answered with their intervals:
+
+  harmonic: PrOSV's harmonic mean minus FSSV's (the paired bootstrap of the main table);
+    PrOSV is at least FSSV's when the interval lies above 0 and below it when below 0.
+  utility: PrOSV's log-likelihood loss minus half of FSSV's, paired over concepts
+    (scores.concept_bootstrap); PrOSV keeps at most half of FSSV's utility loss when the
+    interval lies below 0.
+  An interval that spans 0 does not separate the two: said as such, not rounded to a yes.
+  """
+  out = {}
+  methods = results.get('methods', {})
+  vs = (methods.get('fssv') or {}).get('vs_prosv')
+  if 'prosv' in methods and vs:
+    out['harmonic'] = dict(prosv=methods['prosv']['mean']['harmonic'],
+                           fssv=methods['fssv']['mean']['harmonic'],
+                           prosv_minus_fssv=-vs['diff'], ci=[-vs['ci'][1], -vs['ci'][0]])
+    out['harmonic']['side'] = scores.side(out['harmonic']['ci'])
+  util = results.get('utility') or {}
+  per = [(util.get(m) or {}).get('loglik_loss_per_concept') for m in ('prosv', 'fssv')]
+  if all(per):
+    boot = scores.concept_bootstrap(per[0], per[1], 0.5, int(stats.draws), int(stats.seed),
+                                    float(stats.level))
+    out['utility'] = dict(prosv=util['prosv']['loglik_loss'], fssv=util['fssv']['loglik_loss'],
+                          prosv_minus_half_fssv=boot['value'], ci=boot['ci'],
+                          side=scores.side(boot['ci']), concepts=boot['concepts'])
   return out
 
 
@@ -463,6 +493,7 @@ def evaluate(config, model=None, judge=None) -> dict:
   if int(config.utility.negatives) > 0 or config.utility.multiple_choice or config.utility.gsm8k:
     results['utility'] = _utility(config, model, vectors, methods, concepts, descriptions,
                                   selected, setup.chat_template)
+  results['verdict'] = verdict(results, stats)
   results['wall_s'] = round(time.time() - t0, 1)
   report.write_all(results, config.workdir)
   return results

@@ -101,12 +101,36 @@ def _yes(flag) -> str:
   return '-' if flag is None else ('yes' if flag else 'no')
 
 
+def _verdict(results: dict) -> list[str]:
+  """The claim's two questions in words, each with its interval (evaluate.verdict)."""
+  v = results.get('verdict') or {}
+  lines = []
+  h = v.get('harmonic')
+  if h:
+    answer = {'above 0': 'yes, PrOSV is higher', 'below 0': 'no, PrOSV is lower',
+              'spans 0': 'not separated (the interval spans 0)'}[h['side']]
+    lines.append(f'- Is PrOSV\'s harmonic mean at least FSSV\'s? **{answer}**: PrOSV '
+                 f'{h["prosv"]:.3f}, FSSV {h["fssv"]:.3f}, PrOSV − FSSV '
+                 f'{_diff({"diff": h["prosv_minus_fssv"], "ci": h["ci"]})}.')
+  u = v.get('utility')
+  if u:
+    answer = {'below 0': 'yes', 'above 0': 'no',
+              'spans 0': 'not separated (the interval spans 0)'}[u['side']]
+    lines.append(f'- Is PrOSV\'s utility loss at most half of FSSV\'s? **{answer}**: '
+                 f'log-lik loss on own answers PrOSV {u["prosv"]:+.3f}, FSSV {u["fssv"]:+.3f} '
+                 f'nats/token; PrOSV − FSSV/2 '
+                 f'{_diff({"diff": u["prosv_minus_half_fssv"], "ci": u["ci"]})} (paired '
+                 f'over {u["concepts"]} concepts).')
+  return ['**Verdict**:', '', *lines, ''] if lines else []
+
+
 def markdown(results: dict) -> str:
   lines = [f'Judge: `{results["judge"]}`; concepts: {results["concepts"]}; '
            f'{results["instructions"]["count"]} instructions per concept '
            f'({results["instructions"]["source"]}), {results["instructions"]["samples"]} '
            'generation(s) each. Values: mean over concepts ± spread (std) over concepts, or '
            'mean [95% bootstrap interval].', '']
+  lines += _verdict(results)
   lines += _main_table(results)
   lines += _bootstrap_note(results)
   lines += _halves_table(results)
@@ -122,7 +146,8 @@ def markdown(results: dict) -> str:
                    f'{_ci(m["harmonic"], m.get("harmonic_ci"))} | {_diff(r.get("vs_prosv"))} | '
                    f'{base:.3f} |')
   if results.get('utility'):
-    keys = sorted({k for r in results['utility'].values() for k in r if not k.endswith('_std')})
+    keys = sorted({k for r in results['utility'].values() for k in r
+                   if not k.endswith(('_std', '_per_concept'))})
     names = {'loglik_loss': 'log-lik loss on own answers (nats/token)',
              'multiple_choice': 'multiple-choice accuracy', 'gsm8k': 'GSM8K accuracy'}
     lines += ['', '**Utility**:', '', '| method | ' + ' | '.join(names.get(k, k) for k in keys)

@@ -29,16 +29,16 @@ sweep() {  # sweep CONFIG NAME ROOT [flags...]
   python launch/sweep.py --config="$config" --sweep="$name" --root="$root" "$@" "${EXTRA[@]}"
 }
 
-best() {  # best ROOT: the --config flags of ROOT's run with the lowest held-out loss
-  python launch/collect.py --root="$1" --best=heldout_loss \
-    | sed -n 's/^best by heldout_loss: [^ ]* ([^)]*) //p'
-}
-
-need() {  # need ROOT PIECES: refuse to start before the pieces a choice depends on
-  if ! best "$1" >/dev/null 2>&1 || [ -z "$(best "$1")" ]; then
+chosen() {  # chosen ROOT PIECES: the --config flags of ROOT's run with the lowest held-out
+  # loss (collect.py --best), or an error naming the pieces to run first
+  local out
+  out=$(python launch/collect.py --root="$1" --best=heldout_loss 2>/dev/null \
+        | sed -n 's/^best by heldout_loss: [^ ]* ([^)]*) //p') || true
+  if [ -z "$out" ]; then
     echo "error: $1 has no finished run with held-out figures yet; run $2 first" >&2
-    exit 1
+    return 1
   fi
+  echo "$out"
 }
 
 piece=${1:-list}
@@ -67,34 +67,37 @@ EOF
     ;;
   prosv-dir-[12]|fssv-dir-[12])
     method=${piece%%-*}
-    need "$ROOT/${method}_beta_lr" "$method-grid-1..3"
-    # shellcheck disable=SC2046  # the chosen cell's flags, one word each
+    cell=$(chosen "$ROOT/${method}_beta_lr" "$method-grid-1..3")
+    # shellcheck disable=SC2086  # the chosen cell's flags, one word each
     sweep "configs/$method.py" study_direction "$ROOT/${method}_direction" "${DATA[@]}" \
-      $(best "$ROOT/${method}_beta_lr") --part="${piece##*-}/2"
+      $cell --part="${piece##*-}/2"
     ;;
   prosv-pos-[12])
-    need "$ROOT/prosv_direction" "prosv-dir-1..2"
-    # shellcheck disable=SC2046
+    cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")
+    direction=$(chosen "$ROOT/prosv_direction" "prosv-dir-1..2")
+    # shellcheck disable=SC2086
     sweep configs/prosv.py study_positions "$ROOT/prosv_positions" "${DATA[@]}" \
-      $(best "$ROOT/prosv_beta_lr") $(best "$ROOT/prosv_direction") --part="${piece##*-}/2"
+      $cell $direction --part="${piece##*-}/2"
     ;;
   gemma-grid)
-    need "$ROOT/prosv_direction" "prosv-dir-1..2"
+    cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")
+    direction=$(chosen "$ROOT/prosv_direction" "prosv-dir-1..2")
     # SmolLM2's factor LR, s and direction LR; beta swept around SmolLM2's (the residual
     # rule at residual_ref 6 makes beta mean on gemma3 what it meant on SmolLM2, so the cell
     # at SmolLM2's beta is its preset carried over by that rule).
-    flr=$(best "$ROOT/prosv_beta_lr" | grep -o -- '--config.optim.factor_lr=[^ ]*')
-    # shellcheck disable=SC2046
+    flr=$(grep -o -- '--config.optim.factor_lr=[^ ]*' <<<"$cell")
+    # shellcheck disable=SC2086
     sweep configs/prosv.py:gemma3_270m study_beta "$ROOT/gemma_residual" \
       --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
-      --config.data.concepts=0 "${RESIDUAL[@]}" "$flr" $(best "$ROOT/prosv_direction")
+      --config.data.concepts=0 "${RESIDUAL[@]}" "$flr" $direction
     ;;
   gemma-width)
-    need "$ROOT/prosv_direction" "prosv-dir-1..2"
-    # shellcheck disable=SC2046
+    cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")
+    direction=$(chosen "$ROOT/prosv_direction" "prosv-dir-1..2")
+    # shellcheck disable=SC2086
     python launch/train.py --config=configs/prosv.py:gemma3_270m \
       --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
-      --config.data.concepts=0 $(best "$ROOT/prosv_beta_lr") $(best "$ROOT/prosv_direction") \
+      --config.data.concepts=0 $cell $direction \
       --config.workdir="$ROOT/gemma_width/chosen" "${EXTRA[@]}"
     ;;
   score)

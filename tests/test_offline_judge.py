@@ -40,20 +40,21 @@ def test_ranks_held_out_positives_above_negatives(judge):
   pairs = calibrate.concept_pairs(str(CONCEPT10))
   keep = _subset(pairs, 4)
   items = [Item('', pairs.reference[i], pairs.response[i]) for i in keep]
-  s = judge.scores(items)['concept']
+  s = judge.scores(items, parts=('concept',))['concept']
   labels = pairs.label[keep]
   assert calibrate.auroc(s, labels) > 0.8
-  rated = np.array([r.concept for r in judge.rate(items)])
+  rated = judge.calibration.concept.rate(s)  # what judge.rate does, without scoring again
   assert rated[labels == 1].mean() > rated[labels == 0].mean() + 0.5
 
 
 def test_instruction_and_fluency_separate_their_classes(judge):
   ins = calibrate.instruction_pairs(str(CONCEPT10), per_class=4)
   items = [Item(ins.reference[i], 'unused', ins.response[i]) for i in range(len(ins.response))]
-  assert calibrate.auroc(judge.scores(items)['instruction'], ins.label) > 0.85
+  assert calibrate.auroc(judge.scores(items, parts=('instruction',))['instruction'],
+                        ins.label) > 0.85
   flu = calibrate.fluency_pairs(str(CONCEPT10), per_concept=2)
   items = [Item('', 'unused', r) for r in flu.response]
-  assert calibrate.auroc(judge.scores(items)['fluency'], flu.label) > 0.85
+  assert calibrate.auroc(judge.scores(items, parts=('fluency',))['fluency'], flu.label) > 0.85
 
 
 def test_ratings_are_in_range_and_empty_answers_score_zero(judge):
@@ -63,6 +64,9 @@ def test_ratings_are_in_range_and_empty_answers_score_zero(judge):
            Item('Tell me about cats.', 'cats and their behaviour', 'cat cat cat cat cat cat cat '
                 'cat cat cat cat cat cat cat cat cat cat cat cat cat')]
   good, empty, loop = judge.rate(items)
+  full = judge.scores(items)
+  for part in ('concept', 'instruction', 'fluency'):  # one part alone is the same numbers
+    np.testing.assert_allclose(judge.scores(items, parts=(part,))[part], full[part])
   for r in (good, empty, loop):
     assert {r.concept, r.instruction, r.fluency} <= {0.0, 1.0, 2.0}
   assert (empty.concept, empty.instruction, empty.fluency) == (0, 0, 0)

@@ -165,26 +165,32 @@ class OfflineJudge:
     path = calibration_path or default_calibration_path(name)
     return cls(SentenceEncoder.load(), model, Calibration.load(path))
 
-  def scores(self, items: Sequence[Item], progress: Progress | None = None) -> dict:
-    """Raw scores [N] before thresholds: concept/instruction similarity, fluency score."""
+  def scores(self, items: Sequence[Item], progress: Progress | None = None,
+             parts: Sequence[str] = ('concept', 'instruction', 'fluency')) -> dict:
+    """Raw scores [N] before thresholds: concept/instruction similarity, fluency score;
+    only the `parts` asked for (fluency, a forward of the base model, is most of the cost)."""
     items = list(items)
     if not items:
-      return {k: np.zeros(0) for k in ('concept', 'instruction', 'fluency')}
+      return {k: np.zeros(0) for k in parts}
     responses = [it.response for it in items]
-    concepts = sorted({it.concept for it in items})
-    instructions = sorted({it.instruction for it in items})
-    emb = self.encoder.encode(responses + concepts + instructions)
-    r = emb[:len(items)]
-    c = dict(zip(concepts, emb[len(items):len(items) + len(concepts)]))
-    ins = dict(zip(instructions, emb[len(items) + len(concepts):]))
-    concept = np.array([r[i] @ c[it.concept] for i, it in enumerate(items)])
-    instruction = np.array([r[i] @ ins[it.instruction] for i, it in enumerate(items)])
-    ll, rep = fluency_features(self.model, responses, batch_size=self.batch_size,
-                               progress=progress)
     empty = np.array([not x.strip() for x in responses])
-    return dict(concept=np.where(empty, -np.inf, concept),
-                instruction=np.where(empty, -np.inf, instruction),
-                fluency=fluency_score(ll, rep, self.calibration.repeat_weight))
+    out = {}
+    if {'concept', 'instruction'} & set(parts):
+      concepts = sorted({it.concept for it in items})
+      instructions = sorted({it.instruction for it in items})
+      emb = self.encoder.encode(responses + concepts + instructions)
+      r = emb[:len(items)]
+      c = dict(zip(concepts, emb[len(items):len(items) + len(concepts)]))
+      ins = dict(zip(instructions, emb[len(items) + len(concepts):]))
+      out['concept'] = np.where(empty, -np.inf, [r[i] @ c[it.concept]
+                                                 for i, it in enumerate(items)])
+      out['instruction'] = np.where(empty, -np.inf, [r[i] @ ins[it.instruction]
+                                                     for i, it in enumerate(items)])
+    if 'fluency' in parts:
+      ll, rep = fluency_features(self.model, responses, batch_size=self.batch_size,
+                                 progress=progress)
+      out['fluency'] = fluency_score(ll, rep, self.calibration.repeat_weight)
+    return {k: out[k] for k in parts}
 
   def rate(self, items: Sequence[Item], progress: Progress | None = None) -> list[Ratings]:
     s = self.scores(items, progress)

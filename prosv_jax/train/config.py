@@ -277,8 +277,8 @@ def method_sweeps(method: str) -> dict:
                                              'optim.direction_lr': STUDY_DIRECTION_LRS}),
       # beta alone at a chosen factor LR (a model's own optimum near a transferred cell).
       'study_beta': lambda: sweep.axis('steer.beta', STUDY_BETAS),
-      **({'study_positions': lambda: sweep.axis('positions', STUDY_POSITIONS, alias='')}
-         if method == 'prosv' else {}),
+      # prompt-only positions at a chosen cell (for FSSV: its cell applied prompt-only).
+      'study_positions': lambda: sweep.axis('positions', STUDY_POSITIONS, alias=''),
   }
 
 

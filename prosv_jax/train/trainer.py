@@ -87,10 +87,13 @@ class Trainer:
                                       int(config.data.pad_multiple))
     self.row_multiple = 1 if self.mesh is None else int(self.mesh.shape[parallel.DATA])
     self.head_slots = {}  # packed LM-head slots per packed row count; _plan_packing()
-    self.packed = self._plan_packing()
+    # Every step's global examples (SimPO losers included), laid out once for both plans.
+    step_examples = [np.asarray(self._with_losers(self.batch_rows(step)))
+                     for step in range(self.total_steps)]
+    self.packed = self._plan_packing(step_examples)
     # Right-padded runs: each step's (rows, width, response width), planned so that no step
     # after the first epoch needs a shape the first epoch has not compiled.
-    self.step_shapes = None if self.packed else self._plan_padded()
+    self.step_shapes = None if self.packed else self._plan_padded(step_examples)
     self.token_slots = self.real_tokens = 0  # token slots and real tokens of the steps run so far
     self.bank = None  # [N, W, D] block-L outputs, or None (recomputed each step); prepare()
     self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
@@ -226,7 +229,7 @@ class Trainer:
       return self.packed_batch(rows, slots_)
     return self.host_batch(rows, slots_, width=self.step_shapes[step][1])
 
-  def _plan_padded(self) -> list[tuple[int, int, int]]:
+  def _plan_padded(self, step_examples: list[np.ndarray]) -> list[tuple[int, int, int]]:
     """(rows, width, response width) of every right-padded step, such that the steps after
     the first epoch reuse shapes the first epoch compiled.
 
@@ -239,11 +242,9 @@ class Trainer:
     multiple = int(self.config.data.pad_multiple)
     lengths = data.example_lengths(self.flat)
     responses = np.array([len(e.response) for e in self.flat])
-    need = []
-    for step in range(self.total_steps):
-      ex = np.asarray(self._with_losers(self.batch_rows(step)))
-      need.append((len(ex), round_up(int(lengths[ex].max()), multiple),
-                   max(multiple, round_up(int(responses[ex].max()), multiple))))
+    need = [(len(ex), round_up(int(lengths[ex].max()), multiple),
+             max(multiple, round_up(int(responses[ex].max()), multiple)))
+            for ex in step_examples]
     first = need[:self.steps_per_epoch]
     shapes = set(first)
     for count in {n for n, _, _ in need}:
@@ -255,7 +256,7 @@ class Trainer:
     return [min(s for s in shapes if s[0] == n and s[1] >= w and s[2] >= r)
             for n, w, r in need]
 
-  def _plan_packing(self) -> bool:
+  def _plan_packing(self, step_examples: list[np.ndarray]) -> bool:
     """Lays out every step of the run once (numpy on the host, fast) and applies data.pack:
     'on', 'off', or 'auto' = packed when the run's steps need fewer token slots packed than
     right-padded (they do when several concepts share a step; one concept's 12 rows often fit
@@ -273,8 +274,7 @@ class Trainer:
     responses = np.array([len(e.response) for e in self.flat])
     padded = packed = 0
     heads = {}
-    for step in range(self.total_steps):
-      ex = np.asarray(self._with_losers(self.batch_rows(step)))
+    for ex in step_examples:
       row, _ = data.first_fit_decreasing(lengths[ex], self.pack_width)
       rows = round_up(int(row.max()) + 1, self.row_multiple)
       heads[rows] = max(heads.get(rows, 0), int(responses[ex].sum()))
@@ -400,7 +400,7 @@ class Trainer:
                         float(np.sqrt(sq.sum() / max(n.sum(), 1))))
     return self._residual
 
-  def _lower_rows(self, idx: list[int]) -> np.ndarray:
+  def _lower_rows(self, idx) -> np.ndarray:
     """Block-L outputs of global examples `idx` [len(idx), W, D] on the host: bank rows, or
     a right-padded batch through blocks 0..L."""
     if self.bank is not None:
@@ -468,19 +468,16 @@ class Trainer:
         bank[i, :length] = h[b['seg_row'][j], start:start + length]
 
   def _fill_bank_padded(self, bank):
-    """bank[i] = block-L outputs of example i's right-padded row."""
-    multiple = int(self.config.data.pad_multiple)
+    """bank[i] = block-L outputs of example i's right-padded row (self.bank is still None,
+    so _lower_rows runs blocks 0..L)."""
     order = np.argsort(data.example_lengths(self.flat))
     starts = tqdm(range(0, len(order), self.batch_size), desc=f'block-{self.layer} bank',
                   unit='batch', leave=False, dynamic_ncols=True,
                   disable=not parallel.is_main_process())
     for start in starts:
       rows = order[start:start + self.batch_size]
-      b = data.pad_batch([self.flat[r] for r in rows], self.pad_id, multiple)
-      b = parallel.place_batch({k: b[k] for k in ('tokens', 'length')}, self.mesh)
-      h = lower_hidden_jit(self.model.params, self.model.cfg, self.layer, b['tokens'],
-                           b['length'])
-      bank[rows, :h.shape[1]] = parallel.to_host(h)
+      h = self._lower_rows(rows)
+      bank[rows, :h.shape[1]] = h
 
   def _compute_reference(self):
     """SimPO reference: summed log-probs of every response under the unsteered model."""

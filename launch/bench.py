@@ -8,6 +8,7 @@
   python launch/bench.py --suite=parity               # this device's fp32/bf16 logits vs the CPU
   python launch/bench.py --suite=sample               # decode as the evaluation samples (top-k 50)
   python launch/bench.py --suite=shapes               # compiled step shapes per run, planned vs not
+  python launch/bench.py --suite=profile              # one step op by op (trace + HLO)
 
 Prefill tokens/s counts prompt tokens (all rows the full width); decode tokens/s counts
 generated tokens over all rows (EOS ignored, so every row runs to the end). Training tokens/s
@@ -41,7 +42,7 @@ CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', '
 
 SUITE = flags.DEFINE_enum('suite', 'inference', ['inference', 'steer_decode', 'train',
                                                  'reference', 'breakdown', 'parity',
-                                                 'sample', 'shapes'],
+                                                 'sample', 'shapes', 'profile'],
                           'Which cases to run.')
 MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Model spec.')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
@@ -398,6 +399,32 @@ def median_time(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
+def first_step(model):
+  """The breakdown and profile suites' subject: the first step of one PrOSV p2+s2 run
+  (K = --concepts_per_step[0] concepts, --train_examples each) as Trainer runs it.
+
+  Returns (config, prepared trainer, train_step's static arguments without the response
+  width, host()), where host() builds and places the first batch as Trainer.step does and
+  returns (placed batch, host batch).
+  """
+  k = int(CONCEPTS.value[0])
+  with tempfile.TemporaryDirectory() as tmp:
+    config = train_config('p2+s2', k, bench_table(k, tmp), TRAIN_EXAMPLES.value)
+    trainer = Trainer(config, model)
+  trainer.prepare()
+  static = dict(cfg=model.cfg, layer=trainer.layer, positions=trainer.positions,
+                loss_kind=config.train.loss, num_concepts=trainer.num_concepts,
+                optimizer=trainer.optimizer, response_width=None)
+
+  def host():
+    # The first step's planned width (right-padded runs); these suites time padded rows.
+    planned = trainer.step_shapes[0][1] if trainer.step_shapes else None
+    batch = trainer.host_batch(trainer.batch_rows(0), width=planned)
+    return parallel.place_batch(batch, trainer.mesh), batch
+
+  return config, trainer, static, host
+
+
 def run_breakdown(model):
   """Where one PrOSV training step's time goes, each part jitted and timed on its own.
 
@@ -409,22 +436,9 @@ def run_breakdown(model):
   import resource
   from prosv_jax.train import step as step_lib
   from prosv_jax.models import transformer
-  k = int(CONCEPTS.value[0])
-  with tempfile.TemporaryDirectory() as tmp:
-    config = train_config('p2+s2', k, bench_table(k, tmp), TRAIN_EXAMPLES.value)
-    trainer = Trainer(config, model)
-  trainer.prepare()
-  cfg, params, layer = model.cfg, model.params, trainer.layer
+  config, trainer, static, host = first_step(model)
+  cfg, params, layer, k = model.cfg, model.params, trainer.layer, trainer.num_concepts
   repeats = REPEATS.value
-  static = dict(cfg=cfg, layer=layer, positions=trainer.positions,
-                loss_kind=config.train.loss, num_concepts=trainer.num_concepts,
-                optimizer=trainer.optimizer, response_width=None)
-
-  def host():  # what Trainer.step does on the host: the rows, their padded batch, placing it
-    # The first step's planned width (right-padded runs); this suite times padded rows.
-    planned = trainer.step_shapes[0][1] if trainer.step_shapes else None
-    batch = trainer.host_batch(trainer.batch_rows(0), width=planned)
-    return parallel.place_batch(batch, trainer.mesh), batch
 
   t_host = median_time(lambda: host()[0], repeats)
   batch, host_batch = host()
@@ -504,13 +518,64 @@ def run_breakdown(model):
                 '(prosv_jax.flops.step_flops); XLA counts padded slots, a scan body once'})
 
 
+def run_profile(model):
+  """Where one PrOSV training step's time goes op by op: a jax.profiler trace of --repeats
+  steps, each executed thunk classed by the step's compiled HLO (prosv_jax.step_profile):
+  matmuls of the MLP, the attention projections, the attention core and the LM head, and the
+  work around them (zero-fills, the scan's per-layer stacks, copies, elementwise)."""
+  from prosv_jax import step_profile
+  from prosv_jax.train import step as step_lib
+  config, trainer, static, host = first_step(model)
+  del config
+  batch, host_batch = host()
+  static['response_width'] = (trainer.step_shapes[0][2] if trainer.step_shapes
+                              else trainer.response_width(host_batch))
+  args = (model.params, batch, trainer.bank)
+  compiled = step_lib.train_step.lower(trainer.init_state(), *args, **static).compile()
+  instructions = step_profile.parse_hlo(compiled.as_text())
+
+  def run():  # the step donates its state: a fresh one each call
+    return jax.block_until_ready(compiled(trainer.init_state(), *args))
+
+  run()
+  t_step = median_time(run, REPEATS.value)
+  with tempfile.TemporaryDirectory() as folder:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      for _ in range(REPEATS.value):
+        run()
+    events = step_profile.trace_events(folder)
+  parts = step_profile.breakdown(events, instructions, REPEATS.value)
+  if not parts['parts']:
+    raise SystemExit('the trace holds no events of the step\'s instructions: on a CPU run '
+                     'with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true (this suite sets it)')
+  flops = step_flops(model.cfg, trainer.layer, [trainer.flat[r] for r in trainer.batch_rows(0)])
+  matmul_s = parts['by_kind_wall_s'].get('matmul', 0.0)
+  emit({'case': 'profile', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': trainer.layer,
+        'concepts_per_step': trainer.num_concepts, 'rows': int(batch['tokens'].shape[0]),
+        'width': int(batch['tokens'].shape[1]), 'response_width': int(static['response_width']),
+        'real_tokens': int(np.sum(host_batch['length'])),
+        'padded_slots': int(np.prod(batch['tokens'].shape)),
+        'train_step_s': round(t_step, 4), 'useful_gflop': round(flops / 1e9, 1),
+        'useful_gflop_per_s': round(flops / t_step / 1e9, 1),
+        # The step's useful FLOPs over the time its matmul kernels ran: their own pace.
+        'useful_gflop_per_matmul_s': round(flops / matmul_s / 1e9, 1) if matmul_s else None,
+        'matmul_peak_gflop_per_s': round(matmul_peak() / 1e9, 1), **parts,
+        'note': 'median step time of --repeats calls, then a trace of --repeats more; '
+                'wall_s: wall time covered by a class\'s events, summed_s: their durations '
+                '(independent thunks overlap on the CPU threads)'})
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  if SUITE.value == 'profile':  # read when the backend starts, i.e. at the first array
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               ' --xla_cpu_enable_xprof_traceme=true').strip()
   model = load_model(MODEL.value, DTYPE.value)
   {'inference': run_inference, 'steer_decode': run_steer_decode, 'train': run_train,
    'reference': run_reference, 'breakdown': run_breakdown,
-   'parity': run_parity, 'sample': run_sample, 'shapes': run_shapes}[SUITE.value](model)
+   'parity': run_parity, 'sample': run_sample, 'shapes': run_shapes,
+   'profile': run_profile}[SUITE.value](model)
 
 
 if __name__ == '__main__':

@@ -9,6 +9,12 @@
 
 Leave vectors.* empty to train them first (paper presets, train.epochs epochs).
 
+Vectors of another training preset beside the default ones (trained here, in
+workdir/train_prosv-smollm2 and workdir/train_fssv-smollm2):
+
+  python launch/evaluate.py --config=configs/eval.py:concept10 \
+      --config.methods=unsteered,prompting,fssv,prosv,fssv:smollm2,prosv:smollm2
+
 Presets (prosv_jax.eval.config.PRESETS):
 
   # All 10 Concept10 2b_l10 concepts, 20 instructions x 2 samples, unsteered, prompting, fssv,

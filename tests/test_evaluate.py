@@ -255,3 +255,66 @@ def test_response_halves_split_at_the_token_midpoint(tiny):
   assert response_part(tok, '', 'first') == response_part(tok, '', 'second') == ''
   with pytest.raises(ValueError, match='part'):
     response_part(tok, text, 'middle')
+
+
+def test_methods_with_a_training_preset(tmp_path, tiny, monkeypatch):
+  """'prosv:P' evaluates PrOSV vectors trained with preset P beside the default presets' own;
+  FSSV of P is compared with PrOSV of P, PrOSV of P with the default PrOSV, and the verdict
+  answers for P too."""
+  from prosv_jax.train import config as train_config
+  path, model = tiny
+  tiny_row = dict(beta=0.5, factor_lr=2.0, direction_scale=1.0, direction_lr=0.01, epochs=1,
+                  batch_size=4)
+  monkeypatch.setitem(train_config.VARIANTS, 'tinyp', train_config.Variant(
+      path, 1, model.cfg.hidden_size, tiny_row, dict(tiny_row, beta=2.0)))
+  config = config_for(path, tmp_path / 'ev', **{
+      'methods': 'unsteered,prosv,fssv,prosv:tinyp,fssv:tinyp,prosv_grid:tinyp',
+      'robustness': False, 'judge.halves': False})
+  results = evaluate(config, model, ScriptedJudge())
+
+  methods = results['methods']
+  assert list(methods) == ['unsteered', 'prosv', 'fssv', 'prosv:tinyp', 'fssv:tinyp',
+                           'prosv_grid:tinyp']
+  # Each vector set trained in its own folder, the preset's with the preset's init.
+  for name in ('train_prosv', 'train_fssv', 'train_prosv-tinyp', 'train_fssv-tinyp'):
+    assert os.path.exists(tmp_path / 'ev' / name / 'concept0' / 'summary.json'), name
+  with open(tmp_path / 'ev' / 'train_prosv-tinyp' / 'concept0' / 'config.json') as f:
+    assert json.load(f)['steer']['beta'] == 0.5
+  assert set(results['vectors']) == {'prosv', 'fssv', 'prosv:tinyp', 'fssv:tinyp'}
+  assert results['vectors']['prosv:tinyp']['factor'] != results['vectors']['prosv']['factor']
+  gens = _lines(tmp_path / 'ev' / 'generations.jsonl')
+  grid = {(g['method'], g['multiplier']) for g in gens if g['method'].endswith(':tinyp')}
+  assert grid == {('prosv:tinyp', 0.5), ('prosv:tinyp', 1.0), ('prosv:tinyp', 2.0),
+                  ('fssv:tinyp', 1.0)}
+  # References: a preset's FSSV against the preset's PrOSV, that PrOSV against the default one.
+  mean = {m: r['mean']['harmonic'] for m, r in methods.items()}
+  assert methods['fssv:tinyp']['vs_prosv']['reference'] == 'prosv:tinyp'
+  assert methods['fssv:tinyp']['vs_prosv']['diff'] == pytest.approx(
+      mean['fssv:tinyp'] - mean['prosv:tinyp'])
+  assert methods['prosv:tinyp']['vs_prosv']['reference'] == 'prosv'
+  assert methods['fssv']['vs_prosv']['reference'] == 'prosv'
+  assert methods['prosv_grid:tinyp']['vs_prosv']['reference'] == 'prosv:tinyp'
+  assert 'vs_prosv' not in methods['prosv']
+  v = results['verdict']
+  assert v['harmonic']['prosv_minus_fssv'] == pytest.approx(mean['prosv'] - mean['fssv'])
+  p = v['presets']['tinyp']
+  assert p['harmonic']['prosv_minus_fssv'] == pytest.approx(
+      mean['prosv:tinyp'] - mean['fssv:tinyp'])
+  assert len(p['utility']['ci']) == 2
+  table = (tmp_path / 'ev' / 'results.md').read_text()
+  assert "Is PrOSV's harmonic mean at least FSSV's (preset tinyp)?" in table
+  assert '| FSSV, trained factor (preset tinyp) |' in table
+  assert '(vs prosv:tinyp)' in table and 'Factor grid, PrOSV (preset tinyp)' in table
+
+
+@pytest.mark.parametrize('methods, match', [
+    ('unsteered:smollm2', 'has no vectors'),
+    ('prosv:nope', 'unknown training preset'),
+    ('prosv,prosv', 'twice'),
+    ('prosv:gemma3_270m', 'trains on'),
+])
+def test_bad_training_presets_fail_before_generation(tmp_path, tiny, methods, match):
+  path, model = tiny
+  with pytest.raises(ProsvError, match=match):
+    evaluate(config_for(path, tmp_path / 'bad', methods=methods), model, ScriptedJudge())
+  assert not os.path.exists(tmp_path / 'bad' / 'generations.jsonl')

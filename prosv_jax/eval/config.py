@@ -20,7 +20,11 @@ def eval_config() -> ml_collections.ConfigDict:
   c.data.metadata = ''  # metadata.jsonl with concept descriptions ('' = from the data)
   c.data.concepts = (0,)  # AxBench concept ids to evaluate
 
-  c.methods = ','.join(METHODS)  # any of: unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid
+  # Any of: unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid. A vector method may name the
+  # training preset of its vectors: prosv:smollm2 is PrOSV trained with configs/prosv.py:smollm2
+  # (in workdir/train_prosv-smollm2), evaluated beside the default presets' prosv; FSSV of a
+  # preset is compared with PrOSV of that preset, and the verdict answers for each preset.
+  c.methods = ','.join(METHODS)
   # The unsteered and prompting baselines' chat template (vector methods always use the one
   # their vectors were trained with): 'vectors' = that same one (the vector sets must agree),
   # '' = the tokenizer's own, a name from prosv_jax.chat.TEMPLATES, or Jinja text.

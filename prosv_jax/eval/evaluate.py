@@ -23,7 +23,8 @@ from prosv_jax.vectors import SteeringVectors
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
 from prosv_jax.eval import report, scores, utility
-from prosv_jax.eval.steering import (GRIDS, METHODS, VECTOR_METHODS, Group, Setup, Store,
+from prosv_jax.eval.steering import (METHODS, VECTOR_METHODS, Group, Setup, Store, grid_of,
+                                     reference_of, split_method, vector_set,
                                      generate_groups, group_keys, group_ratings, judge_missing,
                                      rating_key, select_multipliers)
 from prosv_jax.models.load import check_spec, load_model
@@ -33,11 +34,24 @@ JUDGES = ('offline', 'api', 'lm')
 
 
 def parse_methods(spec: str) -> list[str]:
+  """The methods to evaluate: names of METHODS, a vector method optionally with the training
+  preset of its vectors ('prosv:smollm2' = PrOSV trained with configs/prosv.py:smollm2)."""
   methods = [m.strip() for m in str(spec).split(',') if m.strip()]
-  bad = [m for m in methods if m not in METHODS]
+  bad = [m for m in methods if split_method(m)[0] not in METHODS]
   if bad or not methods:
     raise ProsvError(f'methods={spec!r}: unknown {", ".join(bad) or "(none given)"}; use a '
-                     f'comma-separated subset of {",".join(METHODS)}')
+                     f'comma-separated subset of {",".join(METHODS)} (a vector method may '
+                     f'name its training preset, e.g. prosv:smollm2)')
+  for m in methods:
+    base, variant = split_method(m)
+    if variant and base not in VECTOR_METHODS:
+      raise ProsvError(f'methods: {m!r} names a training preset, but {base} has no vectors; '
+                       f'only {", ".join(VECTOR_METHODS)} take one')
+    if variant and variant not in train_config.VARIANTS:
+      raise ProsvError(f'methods: {m!r} names an unknown training preset {variant!r}; use one '
+                       f'of {", ".join(train_config.VARIANTS)}')
+  if len(set(methods)) != len(methods):
+    raise ProsvError(f'methods={spec!r} names a method twice; name each once')
   return methods
 
 
@@ -49,7 +63,7 @@ def check_config(config) -> None:
   for key in ('count', 'samples'):
     if int(config.instructions[key]) < 1:
       raise ProsvError(f'instructions.{key}={config.instructions[key]}; use at least 1')
-  grids = [m for m in parse_methods(config.methods) if m in GRIDS]
+  grids = [m for m in parse_methods(config.methods) if grid_of(m)]
   if grids:
     if int(config.instructions.count) < 2:
       raise ProsvError(f'{grids[0]} selects on half the instructions and reports the other '
@@ -91,20 +105,31 @@ def concept_descriptions(config) -> dict[int, str]:
   return {int(c): meta[int(c)] for c in config.data.concepts}
 
 
-def vectors_for(method: str, config, model):
-  """The method's trained vectors: the configured folder, or trained here first (resumable)."""
-  folder = config.vectors[method]
+def vectors_for(name: str, config, model):
+  """A vector set's trained vectors ('prosv', 'fssv' or with a preset, 'prosv:smollm2'): the
+  configured folder (vectors.prosv / vectors.fssv), or trained here first (resumable), one run
+  per concept in workdir/train_<name> (the ':' written as '-')."""
+  method, variant = split_method(name)
+  folder = '' if variant else config.vectors[method]
   if folder:
     vectors = load_vectors(folder)
   else:
-    c = train_config.method_config(method)
-    c.model, c.dtype, c.layer = config.model, config.dtype, config.layer
+    if variant:
+      c = train_config.variant_config(method, variant)
+      if c.model != config.model:
+        raise ProsvError(f'{name}: preset {variant!r} trains on {c.model!r}, this evaluation '
+                         f'loads {config.model!r}; set --config.model={c.model} or pick a '
+                         f'preset of this model')
+      c.dtype = config.dtype
+    else:
+      c = train_config.method_config(method)
+      c.model, c.dtype, c.layer = config.model, config.dtype, config.layer
     if config.chat_template != 'vectors':  # a base model: train with the template evaluated
       c.chat_template = config.chat_template
     c.data.source, c.data.metadata = config.data.source, config.data.metadata
     c.data.max_examples = int(config.train.max_examples)
     c.train.epochs = int(config.train.epochs)
-    folder = os.path.join(config.workdir, f'train_{method}')
+    folder = os.path.join(config.workdir, f'train_{name.replace(":", "-")}')
     vectors = SteeringVectors.stack([_train_one(c, model, folder, int(cid))
                                      for cid in config.data.concepts])
   for cid in config.data.concepts:
@@ -184,23 +209,23 @@ def _judge_halves(groups, setup, gens, ratings, judge, desc):
 
 
 def _method_groups(method, cid, multipliers, attack, selected=None):
-  if method in GRIDS:
+  if grid_of(method):
     if attack:
       return [_reported_group(method, cid, selected, True)]
-    return [Group(GRIDS[method], cid, m, False) for m in multipliers]
+    return [Group(grid_of(method), cid, m, False) for m in multipliers]
   return [Group(method, cid, 1.0, attack)]
 
 
 def _reported_group(method, cid, selected, attack):
   """The generations a method's score is made of (a grid: its vectors at the pick)."""
-  if method in GRIDS:
-    return Group(GRIDS[method], cid, selected[method][cid]['multiplier'], attack)
+  if grid_of(method):
+    return Group(grid_of(method), cid, selected[method][cid]['multiplier'], attack)
   return Group(method, cid, 1.0, attack)
 
 
 def _reported_indices(method, count):
   """Instruction indices a method reports on: a grid only those it did not select on."""
-  return scores.split_halves(count)[1] if method in GRIDS else list(range(count))
+  return scores.split_halves(count)[1] if grid_of(method) else list(range(count))
 
 
 def _units(judge, setup, ratings, method, cid, selected, attack, indices, part='whole',
@@ -226,9 +251,10 @@ def _concept_change(judge, setup, ratings, method, concepts, selected, attack, s
 
 
 def _intervals(judge, setup, ratings, methods, concepts, selected, attack, stats, second):
-  """Paired bootstrap of each method's harmonic mean and of its difference to PrOSV, on the
-  method's own units (second=False; a grid's are the second half) or on the second half."""
-  names = [m for m in methods if second or m not in GRIDS]
+  """Paired bootstrap of each method's harmonic mean and of its difference to its PrOSV
+  (steering.reference_of), on the method's own units (second=False; a grid's are the second
+  half) or on the second half. A difference also names its reference."""
+  names = [m for m in methods if second or not grid_of(m)]
   if not names:
     return {}
   units = []
@@ -237,8 +263,17 @@ def _intervals(judge, setup, ratings, methods, concepts, selected, attack, stats
     indices = scores.split_halves(count)[1] if second else list(range(count))
     units.append(np.stack([_units(judge, setup, ratings, m, cid, selected, attack, indices)
                            for m in names]))
-  return scores.paired_bootstrap(units, names, 'prosv' if 'prosv' in names else None,
-                                 int(stats.draws), int(stats.seed), float(stats.level))
+  args = (int(stats.draws), int(stats.seed), float(stats.level))
+  out = scores.paired_bootstrap(units, names, None, *args)
+  # One paired bootstrap per reference: the same draws (same seed), so every difference is
+  # paired on the same resampled units.
+  refs = {m: reference_of(m, names) for m in names}
+  for ref in dict.fromkeys(r for r in refs.values() if r):
+    diffs = scores.paired_bootstrap(units, names, ref, *args)
+    for m in names:
+      if refs[m] == ref:
+        out[m].update(diff=diffs[m]['diff'], diff_ci=diffs[m]['diff_ci'], reference=ref)
+  return out
 
 
 def _summaries(judge, setup, ratings, method, concepts, selected, attack, part, second):
@@ -266,19 +301,20 @@ def _method_scores(judge, setup, ratings, methods, concepts, selected, attack, s
     args = (judge, setup, ratings, method, concepts, selected, attack)
     per_concept = _summaries(*args, 'whole', False)
     res = dict(mean=scores.over_concepts(per_concept),
-               instructions='second half' if method in GRIDS else 'all',
+               instructions='second half' if grid_of(method) else 'all',
                per_concept={str(k): v for k, v in per_concept.items()})
-    boot = late[method] if method in GRIDS else own[method]
+    boot = late[method] if grid_of(method) else own[method]
     res['mean']['harmonic_ci'] = boot['ci']
     if 'diff' in boot:
-      res['vs_prosv'] = dict(diff=boot['diff'], ci=boot['diff_ci'],
+      res['vs_prosv'] = dict(diff=boot['diff'], ci=boot['diff_ci'], reference=boot['reference'],
                              instructions=res['instructions'])
     if second_ok:
       res['second_half'] = scores.over_concepts(_summaries(*args, 'whole', True))
       res['second_half']['harmonic_ci'] = late[method]['ci']
       if 'diff' in late[method]:
         res['second_half']['vs_prosv'] = dict(diff=late[method]['diff'],
-                                              ci=late[method]['diff_ci'])
+                                              ci=late[method]['diff_ci'],
+                                              reference=late[method]['reference'])
     if halves:
       res['response_halves'] = {part: scores.over_concepts(_summaries(*args, part, False))
                                 for part in ('first', 'second')}
@@ -352,8 +388,8 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected, 
     template (vector methods use their vectors' own)."""
     if method in ('unsteered', 'prompting'):
       return {'chat_template': template}
-    v = vectors[VECTOR_METHODS[method]]
-    if method in GRIDS:
+    v = vectors[vector_set(method)]
+    if grid_of(method):
       v = v.scaled(selected[method][cid]['multiplier'])
     return {'vectors': v, 'concept': str(cid)}
 
@@ -402,21 +438,34 @@ def verdict(results: dict, stats) -> dict:
     (scores.concept_bootstrap); PrOSV keeps at most half of FSSV's utility loss when the
     interval lies below 0.
   An interval that spans 0 does not separate the two: said as such, not rounded to a yes.
+  The default presets' answers are at the top level; those of each training preset evaluated
+  for both methods (prosv:P and fssv:P) under presets[P].
   """
+  out = _verdict_pair(results, 'prosv', 'fssv', stats)
+  variants = {split_method(m)[1] for m in results.get('methods', {})} - {''}
+  presets = {v: _verdict_pair(results, f'prosv:{v}', f'fssv:{v}', stats)
+             for v in sorted(variants)}
+  presets = {v: p for v, p in presets.items() if p}
+  if presets:
+    out['presets'] = presets
+  return out
+
+
+def _verdict_pair(results: dict, prosv: str, fssv: str, stats) -> dict:
   out = {}
   methods = results.get('methods', {})
-  vs = (methods.get('fssv') or {}).get('vs_prosv')
-  if 'prosv' in methods and vs:
-    out['harmonic'] = dict(prosv=methods['prosv']['mean']['harmonic'],
-                           fssv=methods['fssv']['mean']['harmonic'],
+  vs = (methods.get(fssv) or {}).get('vs_prosv')
+  if prosv in methods and vs and vs.get('reference', 'prosv') == prosv:
+    out['harmonic'] = dict(prosv=methods[prosv]['mean']['harmonic'],
+                           fssv=methods[fssv]['mean']['harmonic'],
                            prosv_minus_fssv=-vs['diff'], ci=[-vs['ci'][1], -vs['ci'][0]])
     out['harmonic']['side'] = scores.side(out['harmonic']['ci'])
   util = results.get('utility') or {}
-  per = [(util.get(m) or {}).get('loglik_loss_per_concept') for m in ('prosv', 'fssv')]
+  per = [(util.get(m) or {}).get('loglik_loss_per_concept') for m in (prosv, fssv)]
   if all(per):
     boot = scores.concept_bootstrap(per[0], per[1], 0.5, int(stats.draws), int(stats.seed),
                                     float(stats.level))
-    out['utility'] = dict(prosv=util['prosv']['loglik_loss'], fssv=util['fssv']['loglik_loss'],
+    out['utility'] = dict(prosv=util[prosv]['loglik_loss'], fssv=util[fssv]['loglik_loss'],
                           prosv_minus_half_fssv=boot['value'], ci=boot['ci'],
                           side=scores.side(boot['ci']), concepts=boot['concepts'])
   return out
@@ -437,9 +486,9 @@ def evaluate(config, model=None, judge=None) -> dict:
     pool, origin = prompts.held_out_pool(config.data.source), 'held-out dataset instructions'
   count = int(config.instructions.count)
   drawn = {c: prompts.axbench_draw(pool, c, count) for c in concepts}
-  needed = sorted({VECTOR_METHODS[m] for m in methods if m in VECTOR_METHODS})
+  needed = sorted({vector_set(m) for m in methods if vector_set(m)})
   for m in needed:  # given folders are read now, a missing one fails before the slow load
-    if config.vectors[m]:
+    if m in VECTOR_METHODS and config.vectors[m]:
       load_vectors(config.vectors[m])
   if model is None:
     check_spec(config.model)
@@ -460,7 +509,7 @@ def evaluate(config, model=None, judge=None) -> dict:
             for g in _method_groups(m, cid, multipliers, False)]
   _run_groups(groups, setup, gens, ratings, judge, 'steering')
   selected = {m: select_multipliers(judge, setup, ratings, concepts, multipliers,
-                                    method=GRIDS[m]) for m in methods if m in GRIDS}
+                                    method=grid_of(m)) for m in methods if grid_of(m)}
   reported = [_reported_group(m, cid, selected, False) for cid in concepts for m in methods]
   halves = bool(config.judge.halves)
   if halves:
@@ -475,6 +524,9 @@ def evaluate(config, model=None, judge=None) -> dict:
       bootstrap=dict(draws=int(stats.draws), seed=int(stats.seed), level=float(stats.level),
                      resample=scores.BOOTSTRAP_UNITS,
                      reference='prosv' if 'prosv' in methods else None,
+                     references='a method with a training preset (name:preset) is compared '
+                                'with PrOSV of that preset when it is evaluated, else with '
+                                'PrOSV; each difference names its reference',
                      grids='fssv_grid and prosv_grid report on the second half of the '
                            'instructions; their intervals and differences against PrOSV use '
                            'PrOSV on that same second half'),

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from prosv_jax.eval.steering import grid_of, split_method
+
 LABELS = {
     'unsteered': 'unsteered',
     'prompting': 'prompting baseline',
@@ -15,8 +17,15 @@ LABELS = {
     'prosv': 'PrOSV, trained factor',
     'prosv_grid': 'PrOSV, factor grid (selected)',
 }
-GRID_VECTORS = {'fssv_grid': 'fssv', 'prosv_grid': 'prosv'}
 GRID_NAMES = {'fssv_grid': 'FSSV', 'prosv_grid': 'PrOSV'}
+
+
+def label(method: str) -> str:
+  """'prosv' -> 'PrOSV, trained factor'; 'prosv:smollm2' -> 'PrOSV, trained factor
+  (preset smollm2)': a method with the training preset of its vectors."""
+  base, variant = split_method(method)
+  text = LABELS.get(base, base)
+  return f'{text} (preset {variant})' if variant else text
 
 
 def _cell(stats: dict, key: str) -> str:
@@ -29,7 +38,12 @@ def _ci(value: float, ci) -> str:
 
 
 def _diff(d: dict | None) -> str:
-  return f'{d["diff"]:+.3f} [{d["ci"][0]:+.3f}, {d["ci"][1]:+.3f}]' if d else '-'
+  """`+0.120 [+0.010, +0.230]`, naming the reference when it is not the default PrOSV."""
+  if not d:
+    return '-'
+  ref = d.get('reference', 'prosv')
+  return (f'{d["diff"]:+.3f} [{d["ci"][0]:+.3f}, {d["ci"][1]:+.3f}]'
+          + ('' if ref == 'prosv' else f' (vs {ref})'))
 
 
 def _main_table(results: dict) -> list[str]:
@@ -38,7 +52,7 @@ def _main_table(results: dict) -> list[str]:
            '|---|---|---|---|---|---|---|---|---|']
   for method, r in results['methods'].items():
     m, late = r['mean'], r.get('second_half')
-    lines.append(f'| {LABELS.get(method, method)} | {r.get("instructions", "all")} | '
+    lines.append(f'| {label(method)} | {r.get("instructions", "all")} | '
                  f'{_cell(m, "concept")} | {_cell(m, "instruction")} | {_cell(m, "fluency")} | '
                  f'**{_ci(m["harmonic"], m.get("harmonic_ci"))}** | {_diff(r.get("vs_prosv"))} | '
                  + (f'{_ci(late["harmonic"], late.get("harmonic_ci"))} | '
@@ -68,7 +82,7 @@ def _halves_table(results: dict) -> list[str]:
   for method, r in rows:
     h = r['response_halves']
     parts = (r['mean'], h['first'], h['second'])
-    lines.append(f'| {LABELS.get(method, method)} | '
+    lines.append(f'| {label(method)} | '
                  + ' / '.join(f'{p["concept"]:.3f}' for p in parts) + ' | '
                  + _diff(h.get('concept_change')) + ' | '
                  + ' / '.join(f'{p["harmonic"]:.3f}' for p in parts) + ' |')
@@ -78,9 +92,9 @@ def _halves_table(results: dict) -> list[str]:
 def _grid_tables(results: dict) -> list[str]:
   lines = []
   for method, g in (results.get('grid') or {}).items():
-    kind = GRID_VECTORS.get(method, method)
+    kind = grid_of(method) or method
     gain = g.get('gain_over_trained')
-    name = GRID_NAMES.get(method, method)
+    name = _grid_name(method)
     lines += ['', f'**Factor grid, {name}**: multiplier of the trained '
               f'factor selected per concept on the first half. The trained factor (1x) was '
               f'picked for {g["trained_selected"]} of {g["concepts"]} concepts and was the best '
@@ -97,31 +111,45 @@ def _grid_tables(results: dict) -> list[str]:
   return lines
 
 
+def _grid_name(method: str) -> str:
+  """'prosv_grid:smollm2' -> 'PrOSV (preset smollm2)'."""
+  base, variant = split_method(method)
+  return GRID_NAMES.get(base, base) + (f' (preset {variant})' if variant else '')
+
+
 def _yes(flag) -> str:
   return '-' if flag is None else ('yes' if flag else 'no')
 
 
 def _verdict(results: dict) -> list[str]:
-  """The claim's two questions in words, each with its interval (evaluate.verdict)."""
+  """The claim's two questions in words, each with its interval (evaluate.verdict), for the
+  default presets and for each training preset evaluated for both methods."""
   v = results.get('verdict') or {}
+  lines = _verdict_lines(v, '')
+  for preset, answers in (v.get('presets') or {}).items():
+    lines += _verdict_lines(answers, f' (preset {preset})')
+  return ['**Verdict**:', '', *lines, ''] if lines else []
+
+
+def _verdict_lines(v: dict, preset: str) -> list[str]:
   lines = []
   h = v.get('harmonic')
   if h:
     answer = {'above 0': 'yes, PrOSV is higher', 'below 0': 'no, PrOSV is lower',
               'spans 0': 'not separated (the interval spans 0)'}[h['side']]
-    lines.append(f'- Is PrOSV\'s harmonic mean at least FSSV\'s? **{answer}**: PrOSV '
+    lines.append(f'- Is PrOSV\'s harmonic mean at least FSSV\'s{preset}? **{answer}**: PrOSV '
                  f'{h["prosv"]:.3f}, FSSV {h["fssv"]:.3f}, PrOSV − FSSV '
                  f'{_diff({"diff": h["prosv_minus_fssv"], "ci": h["ci"]})}.')
   u = v.get('utility')
   if u:
     answer = {'below 0': 'yes', 'above 0': 'no',
               'spans 0': 'not separated (the interval spans 0)'}[u['side']]
-    lines.append(f'- Is PrOSV\'s utility loss at most half of FSSV\'s? **{answer}**: '
+    lines.append(f'- Is PrOSV\'s utility loss at most half of FSSV\'s{preset}? **{answer}**: '
                  f'log-lik loss on own answers PrOSV {u["prosv"]:+.3f}, FSSV {u["fssv"]:+.3f} '
                  f'nats/token; PrOSV − FSSV/2 '
                  f'{_diff({"diff": u["prosv_minus_half_fssv"], "ci": u["ci"]})} (paired '
                  f'over {u["concepts"]} concepts).')
-  return ['**Verdict**:', '', *lines, ''] if lines else []
+  return lines
 
 
 def markdown(results: dict) -> str:
@@ -142,7 +170,7 @@ def markdown(results: dict) -> str:
     for method, r in results['robustness'].items():
       base = results['methods'][method]['mean']['harmonic']
       m = r['mean']
-      lines.append(f'| {LABELS.get(method, method)} | {_cell(m, "concept")} | '
+      lines.append(f'| {label(method)} | {_cell(m, "concept")} | '
                    f'{_ci(m["harmonic"], m.get("harmonic_ci"))} | {_diff(r.get("vs_prosv"))} | '
                    f'{base:.3f} |')
   if results.get('utility'):
@@ -153,7 +181,7 @@ def markdown(results: dict) -> str:
     lines += ['', '**Utility**:', '', '| method | ' + ' | '.join(names.get(k, k) for k in keys)
               + ' |', '|---|' + '---|' * len(keys)]
     for method, r in results['utility'].items():
-      lines.append(f'| {LABELS.get(method, method)} | '
+      lines.append(f'| {label(method)} | '
                    + ' | '.join(f'{r[k]:.3f}' if k in r else '-' for k in keys) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -178,7 +206,7 @@ def plot(results: dict, folder: str) -> list[str]:
     ax.scatter(range(len(methods)), rob, color='#c44e52', zorder=3,
                label='under avoid-the-concept attack')
     ax.legend(loc='upper left', fontsize=8)
-  ax.set_xticks(range(len(methods)), [LABELS.get(m, m) for m in methods], rotation=20,
+  ax.set_xticks(range(len(methods)), [label(m) for m in methods], rotation=20,
                 ha='right', fontsize=8)
   ax.set_ylabel('harmonic mean (0-2)')
   ax.set_title(f'steering score, judge {results["judge"]}', fontsize=9)
@@ -188,10 +216,11 @@ def plot(results: dict, folder: str) -> list[str]:
   plt.close(fig)
   if results.get('grid'):
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, color in zip(results['grid'], ('#4c72b0', '#c44e52')):
+    for method, color in zip(results['grid'], ('#4c72b0', '#c44e52', '#55a868', '#8172b2',
+                                               '#ccb974', '#64b5cd')):
       grid = results['grid'][method]['per_concept']
       mults = sorted({float(m) for g in grid.values() for m in g['select']})
-      name = GRID_VECTORS.get(method, method).upper()
+      name = _grid_name(method)
       for half, style in (('select', 'o-'), ('report', 's--')):
         ys = [np.mean([g[half][f'{m:g}'] for g in grid.values()]) for m in mults]
         ax.plot(mults, ys, style, color=color,

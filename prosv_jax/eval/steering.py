@@ -25,6 +25,43 @@ VECTOR_METHODS = {'fssv': 'fssv', 'fssv_grid': 'fssv', 'prosv': 'prosv', 'prosv_
 # Factor grids: the vector method run at several multiples of its trained factor, the best
 # multiple picked on the first half of the instructions and reported on the second.
 GRIDS = {'fssv_grid': 'fssv', 'prosv_grid': 'prosv'}
+# A vector method may name the training preset its vectors come from: 'prosv:smollm2' is PrOSV
+# trained with configs/prosv.py:smollm2 (prosv_jax.train.config.VARIANTS); plain 'prosv' is the
+# default preset. The variant travels with every name derived from the method.
+VARIANT_SEP = ':'
+
+
+def split_method(method: str) -> tuple[str, str]:
+  """'prosv_grid:smollm2' -> ('prosv_grid', 'smollm2'); 'prosv' -> ('prosv', '')."""
+  base, _, variant = method.partition(VARIANT_SEP)
+  return base, variant
+
+
+def _with_variant(name: str, variant: str) -> str:
+  return f'{name}{VARIANT_SEP}{variant}' if variant else name
+
+
+def vector_set(method: str) -> str | None:
+  """The vector set a method steers with ('prosv', 'fssv:smollm2', ...; None: no vectors)."""
+  base, variant = split_method(method)
+  return _with_variant(VECTOR_METHODS[base], variant) if base in VECTOR_METHODS else None
+
+
+def grid_of(method: str) -> str | None:
+  """For a factor-grid method, the vector method whose factor it scales; else None."""
+  base, variant = split_method(method)
+  return _with_variant(GRIDS[base], variant) if base in GRIDS else None
+
+
+def reference_of(method: str, methods) -> str | None:
+  """The PrOSV a method's difference is taken against: the PrOSV of its own preset when that
+  is evaluated (so FSSV of a preset is compared with PrOSV of the same preset), else the
+  default PrOSV; None for that PrOSV itself or when it is not evaluated."""
+  _, variant = split_method(method)
+  for ref in (_with_variant('prosv', variant), 'prosv'):
+    if ref in methods and ref != method:
+      return ref
+  return None
 # What a rating rates: the whole response, or the first or second half of its tokens (does a
 # prompt-only edit fade as the response goes on?).
 PARTS = ('whole', 'first', 'second')
@@ -81,7 +118,9 @@ class Store:
 class Setup:
   """What an evaluation needs besides the judge."""
   model: object  # prosv_jax.models.load.Model
-  vectors: dict  # 'prosv'/'fssv' -> SteeringVectors (each prompted with its own chat template)
+  # vector set ('prosv', 'fssv', 'prosv:smollm2', ...) -> SteeringVectors, each prompted with
+  # its own chat template
+  vectors: dict
   descriptions: dict[int, str]  # concept_id -> description
   instructions: dict[int, list[str]]  # concept_id -> held-out instructions
   samples: int = 1  # generations per instruction
@@ -106,7 +145,7 @@ def prompt_text(setup: Setup, group: Group, instruction: str, index: int) -> str
 
 
 def _steer_kind(group: Group) -> str:
-  return VECTOR_METHODS.get(group.method, 'none')
+  return vector_set(group.method) or 'none'
 
 
 def _batch_steer(setup: Setup, rows: list[tuple[Group, int, int]]) -> dict:

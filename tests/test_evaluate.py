@@ -210,6 +210,7 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
     ({'generation.top_p': 0.0}, 'generation.top_p'),
     ({'bootstrap.draws': 10}, 'bootstrap.draws'),
     ({'methods': 'prosv_grid', 'instructions.count': 1}, 'prosv_grid selects'),
+    ({'results_name': '../elsewhere'}, 'results_name'),
 ])
 def test_bad_eval_configs_fail_before_generation(tmp_path, tiny, overrides, match):
   path, model = tiny
@@ -305,6 +306,19 @@ def test_methods_with_a_training_preset(tmp_path, tiny, monkeypatch):
   assert "Is PrOSV's harmonic mean at least FSSV's (preset tinyp)?" in table
   assert '| FSSV, trained factor (preset tinyp) |' in table
   assert '(vs prosv:tinyp)' in table and 'Factor grid, PrOSV (preset tinyp)' in table
+
+  # A subset of the concepts (e.g. those no selection saw) reported from the same stores under
+  # another name: nothing generated or judged again, results.* left as they were.
+  before = (tmp_path / 'ev' / 'results.json').read_text()
+  judge = ScriptedJudge()
+  sub = evaluate(sweep.apply(config, {'data.concepts': (1,), 'results_name': 'concept1'}),
+                 model, judge)
+  assert judge.rated == 0 and sub['concepts'] == [1]
+  assert (tmp_path / 'ev' / 'results.json').read_text() == before
+  for name in ('concept1.json', 'concept1.md', 'concept1_scores.png', 'concept1_grid.png'):
+    assert os.path.exists(tmp_path / 'ev' / name), name
+  assert sub['methods']['prosv:tinyp']['per_concept']['1'] == \
+      methods['prosv:tinyp']['per_concept']['1']
 
 
 @pytest.mark.parametrize('methods, match', [

@@ -14,6 +14,9 @@ def eval_config() -> ml_collections.ConfigDict:
   c.dtype = 'float32'
   c.layer = 10  # used only when vectors are trained here
   c.workdir = 'workdirs/eval'  # generations.jsonl, ratings.jsonl, results.{json,md}, plots
+  # The stem of the results files: another name (e.g. concepts2-9 with data.concepts=2,...,9)
+  # reports a subset from the same stores without regenerating and keeps results.* as they are.
+  c.results_name = 'results'
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'demo'  # AxBench folder/file (its held-out split feeds the instructions)

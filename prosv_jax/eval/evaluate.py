@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -73,6 +74,9 @@ def check_config(config) -> None:
                        'multiples of the trained factor, e.g. 0.5,1,2')
   if not config.data.concepts:
     raise ProsvError('data.concepts is empty; pass the AxBench concept ids to evaluate')
+  if not re.fullmatch(r'[\w.\-]+', str(config.results_name)):
+    raise ProsvError(f'results_name={config.results_name!r}; use a plain file stem such as '
+                     'results or concepts2-9 (letters, digits, ., -, _)')
   sampling_config(config)
   b = config.bootstrap
   if int(b.draws) < 100 or not 0 < float(b.level) < 1:
@@ -547,5 +551,5 @@ def evaluate(config, model=None, judge=None) -> dict:
                                   selected, setup.chat_template)
   results['verdict'] = verdict(results, stats)
   results['wall_s'] = round(time.time() - t0, 1)
-  report.write_all(results, config.workdir)
+  report.write_all(results, config.workdir, config.results_name)
   return results

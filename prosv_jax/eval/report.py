@@ -186,8 +186,9 @@ def markdown(results: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot(results: dict, folder: str) -> list[str]:
-  """scores.png (harmonic mean per method, with the spread) and grid.png (score vs factor)."""
+def plot(results: dict, folder: str, prefix: str = '') -> list[str]:
+  """scores.png (harmonic mean per method, with the spread) and grid.png (score vs factor),
+  named after `prefix` when given."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -211,7 +212,7 @@ def plot(results: dict, folder: str) -> list[str]:
   ax.set_ylabel('harmonic mean (0-2)')
   ax.set_title(f'steering score, judge {results["judge"]}', fontsize=9)
   fig.tight_layout()
-  paths.append(os.path.join(folder, 'scores.png'))
+  paths.append(os.path.join(folder, f'{prefix}scores.png'))
   fig.savefig(paths[-1], dpi=120)
   plt.close(fig)
   if results.get('grid'):
@@ -233,19 +234,21 @@ def plot(results: dict, folder: str) -> list[str]:
     ax.set_title('factor grids, mean over concepts', fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(os.path.join(folder, 'grid.png'))
+    paths.append(os.path.join(folder, f'{prefix}grid.png'))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
   return paths
 
 
-def write_all(results: dict, folder: str) -> dict:
+def write_all(results: dict, folder: str, name: str = 'results') -> dict:
+  """<name>.json, <name>.md and the plots (scores.png and grid.png for the default name,
+  <name>_scores.png and <name>_grid.png for another) in folder."""
   os.makedirs(folder, exist_ok=True)
-  out = {'results': os.path.join(folder, 'results.json'),
-         'table': os.path.join(folder, 'results.md')}
+  out = {'results': os.path.join(folder, f'{name}.json'),
+         'table': os.path.join(folder, f'{name}.md')}
   with open(out['results'], 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=1)
   with open(out['table'], 'w', encoding='utf-8') as f:
     f.write(markdown(results))
-  out['plots'] = plot(results, folder)
+  out['plots'] = plot(results, folder, '' if name == 'results' else f'{name}_')
   return out

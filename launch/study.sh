@@ -26,7 +26,12 @@ RESIDUAL=(--config.steer.init=residual --config.steer.residual_ref=6.0)
 sweep() {  # sweep CONFIG NAME ROOT [flags...]
   local config=$1 name=$2 root=$3
   shift 3
-  python launch/sweep.py --config="$config" --sweep="$name" --root="$root" "$@" "${EXTRA[@]}"
+  # --separate: each cell is its own run. Three cells as slots of one step (x 2 concepts,
+  # whole responses) need 20-25 GB of XLA temp memory per step on SmolLM2 (its compiled
+  # memory_analysis), more than this 24 GiB machine; one cell needs 8-9 GB. On a 2-core CPU
+  # slots save only 7-13% of wall time (docs/PERFORMANCE.md), so nothing is lost.
+  python launch/sweep.py --config="$config" --sweep="$name" --root="$root" --separate "$@" \
+    "${EXTRA[@]}"
 }
 
 chosen() {  # chosen ROOT PIECES: the --config flags of ROOT's run with the lowest held-out

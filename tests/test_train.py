@@ -425,8 +425,33 @@ def test_padded_steps_after_the_first_epoch_reuse_its_shapes(tmp_path, tiny_mode
     np.testing.assert_array_equal(planned['tokens'][:, :raw[-1][1]], b['tokens'])
   assert set(raw[spe:]) - set(raw[:spe]), 'the data should need a new shape after epoch 1'
   jax.clear_caches()
-  train_and_export(c, tiny_model)
+  compiles = []  # the memory check compiles each shape ahead; the step must reuse it
+  listener = lambda name, _, **kw: compiles.append(kw.get('fun_name')) if (  # noqa: E731
+      name == '/jax/core/compile/backend_compile_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    train_and_export(c, tiny_model)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
   assert train_step.train_step._cache_size() == len(set(shapes[:spe]))
+  assert compiles.count('jit(train_step)') == len(set(shapes[:spe]))
+
+
+def test_a_step_too_large_for_the_device_is_refused_with_the_fix(tmp_path, tiny_model,
+                                                                 tiny_model_path, monkeypatch):
+  """Checked from XLA's memory analysis before the step first runs, not left to the OOM
+  killer; the message names the settings that shrink a step."""
+  from prosv_jax import memory
+  total, available = memory.device_bytes()
+  assert total > 10**8 and 0 < available <= total  # this machine's memory is read
+  x = jnp.ones((64, 256))
+  compiled = jax.jit(lambda a: (a @ a.T).sum(0)).lower(x).compile()
+  assert memory.step_bytes(compiled) >= 64 * 4  # at least its output
+  monkeypatch.setattr(memory, 'device_bytes', lambda device=None: (10**6, 10**6))
+  with pytest.raises(ProsvError, match=r'one training step \(\d+ rows x \d+ token slots: 1 '
+                                       r'concept\(s\), batch 4\) needs [\d.]+ [MG]B .*'
+                                       r'--config.train.remat=true'):
+    train_and_export(tiny_config(tiny_model_path, tmp_path / 'big'), tiny_model)
 
 
 def test_residual_rms_launcher_prints_the_trainers_figures(tmp_path, tiny_model, tiny_model_path):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from prosv_jax import data, parallel, steer
+from prosv_jax import data, memory, parallel, steer
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model, check_spec
 from prosv_jax.train import optim, slots
@@ -99,6 +99,7 @@ class Trainer:
     self.ref_logp = None  # SimPO: unsteered summed log-probs of every response; prepare()
     self._prepared = False
     self.state_shardings = None  # of the steering state on the mesh (set on first use)
+    self._memory_checked = set()  # step shapes whose memory has been checked; step()
 
   # ------------------------------------------------------------------ state
 
@@ -498,6 +499,34 @@ class Trainer:
           layer=self.layer, response_width=width))
     return ref
 
+  def _check_memory(self, args, static, shape) -> None:
+    """Before a step shape first runs: compile it (the jit call then reuses the executable,
+    so this costs nothing) and refuse a step whose XLA memory analysis exceeds the device,
+    which would otherwise end in the OOM killer with no word on what to change."""
+    key = (tuple(shape), static['response_width'])
+    if key in self._memory_checked:
+      return
+    self._memory_checked.add(key)
+    need = memory.step_bytes(train_step.lower(*args, **static).compile())
+    total, available = memory.device_bytes()
+    if need is None or total is None:
+      return
+    if need <= memory.MAX_SHARE * total:
+      if available is not None and need > available and parallel.is_main_process():
+        # It fits the machine, not what others leave of it now: say so, then try.
+        print(f'warning: a training step of {shape[0]} x {shape[1]} token slots needs '
+              f'{memory.size(need)}, {memory.size(available)} of memory is free now; other '
+              f'processes may have to give way (or set --config.train.remat=true)', flush=True)
+      return
+    cells = f' x {len(self.cells)} grid cells' if len(self.cells) > 1 else ''
+    raise ProsvError(
+        f'one training step ({shape[0]} rows x {shape[1]} token slots: {self.num_concepts} '
+        f'concept(s){cells}, batch {self.batch_size}) needs {memory.size(need)} beyond its '
+        f'inputs (XLA memory analysis), over {memory.MAX_SHARE:.0%} of the device\'s '
+        f'{memory.size(total)}; set --config.train.remat=true (recompute the upper blocks, '
+        f'~1/3 slower), or train fewer concepts or grid cells per step (sweep.py --separate), '
+        f'or a smaller train.batch_size or data.max_response_tokens')
+
   def step(self, state, step: int):
     """(new state, metrics, real tokens in the batch) for training step `step`."""
     self.prepare()
@@ -510,13 +539,15 @@ class Trainer:
     tokens = sum(self.flat[r].length for r in rows)
     width = 0 if self.packed else self.step_shapes[step][2]  # packed: the head has its own
     # One jit for every mesh: the placed inputs carry the shardings, the compiler does the rest.
-    state, metrics = train_step(
-        state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank,
-        cfg=self.model.cfg, layer=self.layer, positions=self.positions,
-        loss_kind=self.config.train.loss, num_concepts=self.num_slots,
-        optimizer=self.optimizer, response_width=width, remat=bool(self.config.train.remat),
-        max_param=optim.MAX_PARAM,  # read per call, so a test may lower it
-        slot_cells=self.slot_cells)
+    args = (state, self.model.params, parallel.place_batch(batch, self.mesh), self.bank)
+    static = dict(cfg=self.model.cfg, layer=self.layer, positions=self.positions,
+                  loss_kind=self.config.train.loss, num_concepts=self.num_slots,
+                  optimizer=self.optimizer, response_width=width,
+                  remat=bool(self.config.train.remat),
+                  max_param=optim.MAX_PARAM,  # read per call, so a test may lower it
+                  slot_cells=self.slot_cells)
+    self._check_memory(args, static, batch['tokens'].shape)
+    state, metrics = train_step(*args, **static)
     if self.mesh is not None:
       # The compiler may lay the new state out otherwise (e.g. directions split over D like
       # the FSDP weights); putting it back (a few K x D floats) keeps one compiled step.

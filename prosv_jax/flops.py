@@ -17,6 +17,15 @@ def attention_pairs(cfg: ModelConfig, layer: int, length: int) -> int:
   return window * (window + 1) // 2 + (length - window) * window
 
 
+def rows_cost(cfg: ModelConfig, rows: int, width: int) -> float:
+  """FLOPs one block spends on `rows` rows of `width` token slots as they are computed, padding
+  and masked pairs included: the weight matmuls of every slot (forward and input gradient) and
+  the dense attention of every row (each query x key of its width). What a batch layout
+  costs, to compare layouts (Trainer's data.pack='auto'); not useful work (step_flops)."""
+  he = cfg.num_heads * cfg.head_dim
+  return 4.0 * block_matmul_params(cfg) * rows * width + 12.0 * he * rows * width * width
+
+
 def step_flops(cfg: ModelConfig, layer: int, examples) -> float:
   """Useful FLOPs of one training step over `examples` (the step's real, unpadded rows).
 

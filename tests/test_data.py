@@ -536,18 +536,29 @@ def test_eight_concepts_a_step_pack_to_within_a_tenth_of_the_real_tokens(tokeniz
   rows = data.concept_rows(concept10, list(range(8)))
   per = [data.tokenize_rows(tokenizer, r, k) for k, r in enumerate(rows.values())]
   width = data.pack_width(data.example_lengths([e for p in per for e in p]), 16)
-  ratios = {}
-  for k in (1, 8):
+  from prosv_jax import flops
+  from prosv_jax.models.config import ModelConfig
+  smollm2 = ModelConfig('llama', 49152, 576, 1536, 30, 9, 3, 64)  # SmolLM2-135M's shapes
+  ratios, costs = {}, {}
+  for k in (1, 2, 8):
     packed = padded = real = 0
+    cost = [0.0, 0.0]  # FLOPs a block computes, packed and padded (data.pack='auto' compares)
     for epoch in range(12):
       orders = [data.epoch_order(data.example_lengths(p), 12, concept_seed(42, cid), epoch)
                 for cid, p in zip(rows, per[:k])]
       for step in range(6):
         examples = [per[c][i] for c in range(k) for i in orders[c][step]]
+        for i, b in enumerate((data.pack_batch(examples, 0, width)['tokens'],
+                               data.pad_batch(examples, 0, 16)['tokens'])):
+          cost[i] += flops.rows_cost(smollm2, *b.shape)
         packed += data.pack_batch(examples, 0, width)['tokens'].size
         padded += data.pad_batch(examples, 0, 16)['tokens'].size
         real += int(data.example_lengths(examples).sum())
-    ratios[k] = (packed / real, padded / real)
+    ratios[k], costs[k] = (packed / real, padded / real), cost
+  # Packed rows are ~640 wide, padded ones ~200-270: attention over the wider rows costs more
+  # than the slots packing saves at one or two concepts a step, far less at eight.
+  assert costs[1][0] > costs[1][1] and costs[2][0] > costs[2][1], costs
+  assert costs[8][0] < 0.85 * costs[8][1], costs
   # Measured (width 640): K=8 1.049 slots per real token packed against 1.612 padded; K=1
   # 1.228 against 1.145, which is why data.pack='auto' leaves one concept's steps padded.
   assert ratios[8][0] <= 1.1, ratios

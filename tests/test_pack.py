@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip('torch')  # the tiny model is made by transformers' PyTorch classes
 
-from prosv_jax import data, sweep  # noqa: E402
+from prosv_jax import data, flops, sweep  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
 from prosv_jax.train import step as train_step  # noqa: E402
@@ -122,15 +122,26 @@ def test_no_example_sees_another(tmp_path, tiny_model, tiny_model_path):
     assert abs(a[victim] - b[victim]) > 1e-3
 
 
-def test_auto_packs_where_it_saves_slots(tmp_path, tiny_model, tiny_model_path):
+def test_auto_packs_where_it_saves_flops(tmp_path, tiny_model, tiny_model_path):
+  """auto packs when the run's packed batches cost fewer FLOPs than its padded ones: each
+  slot's weight matmuls plus every row's dense attention (width^2 pairs), recounted here from
+  the batches themselves."""
+  cfg = tiny_model.cfg
+  per_slot = 4.0 * flops.block_matmul_params(cfg)
+  per_pair = 12.0 * cfg.num_heads * cfg.head_dim
+
+  def cost(batches):
+    return sum(per_slot * b['tokens'].size + per_pair * b['tokens'].shape[0]
+               * b['tokens'].shape[1] ** 2 for b in batches)
+
   for concepts in ((0,), (0, 1, 2)):
     c = tiny_config(tiny_model_path, tmp_path, **{'data.concepts': concepts})
     trainer = Trainer(c, tiny_model)
     steps = range(trainer.total_steps)
     packed = [trainer.packed_batch(trainer.batch_rows(s)) for s in steps]
-    padded = sum(trainer.host_batch(trainer.batch_rows(s))['tokens'].size for s in steps)
-    slots = sum(b['tokens'].size for b in packed)
-    assert trainer.packed == (slots < padded), (concepts, slots, padded)
+    padded = [trainer.host_batch(trainer.batch_rows(s)) for s in steps]
+    assert trainer.packed == (cost(packed) < cost(padded)), (concepts, cost(packed),
+                                                             cost(padded))
     # One shape per row count: its LM-head slots are those of its most demanding step.
     by_rows = {}
     for b in packed:
@@ -138,7 +149,6 @@ def test_auto_packs_where_it_saves_slots(tmp_path, tiny_model, tiny_model_path):
     assert all(len(heads) == 1 for heads in by_rows.values()), by_rows
     assert Trainer(sweep.apply(c, {'data.pack': 'on'}), tiny_model).packed
     assert not Trainer(sweep.apply(c, {'data.pack': 'off'}), tiny_model).packed
-  assert trainer.packed  # three concepts a step fill packed rows better
   with pytest.raises(ProsvError, match="data.pack='yes'; use one of auto, on, off"):
     Trainer(tiny_config(tiny_model_path, tmp_path, **{'data.pack': 'yes'}), tiny_model)
 

@@ -53,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.bucket = True  # sort by length within windows of < half an epoch (less padding)
   c.data.pad_multiple = 16  # pad widths to a multiple of this (fewer compiled shapes)
   # Several examples per row (same losses, no compute on padding): 'on', 'off', or 'auto' =
-  # on when it needs fewer token slots than padded rows (e.g. several concepts per step).
+  # on when it costs fewer FLOPs than padded rows, counting the dense attention of the wider
+  # packed rows (e.g. eight concepts per step pack; one or two stay padded).
   c.data.pack = 'auto'
 
   c.steer = ml_collections.ConfigDict()

@@ -7,6 +7,7 @@ The job around it (loop, checkpoints, logs, exports) is prosv_jax.train.job.
 """
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from prosv_jax import data, memory, parallel, steer
+from prosv_jax import data, flops, memory, parallel, steer
 from prosv_jax.errors import ProsvError
 from prosv_jax.models.load import Model, check_spec
 from prosv_jax.train import optim, slots
@@ -259,9 +260,11 @@ class Trainer:
 
   def _plan_packing(self, step_examples: list[np.ndarray]) -> bool:
     """Lays out every step of the run once (numpy on the host, fast) and applies data.pack:
-    'on', 'off', or 'auto' = packed when the run's steps need fewer token slots packed than
-    right-padded (they do when several concepts share a step; one concept's 12 rows often fit
-    their padded rows about as well).
+    'on', 'off', or 'auto' = packed when the run's steps cost fewer FLOPs packed than
+    right-padded. The cost counts each row's token slots through the blocks' weight matmuls
+    and the dense attention a row computes (every query x key of its width: a packed row's
+    masked cross-example pairs are computed too), so wide packed rows pay for their attention:
+    on Concept10 with SmolLM2 one or two concepts a step stay padded, eight pack.
 
     Each packed row count gets the head slots of its most demanding step (head_slots), so
     the run compiles one step per row count, about as many as right-padded widths, rather
@@ -273,14 +276,15 @@ class Trainer:
     multiple = int(self.config.data.pad_multiple)
     lengths = data.example_lengths(self.flat)
     responses = np.array([len(e.response) for e in self.flat])
-    padded = packed = 0
+    padded = packed = 0.0
     heads = {}
+    cost = functools.partial(flops.rows_cost, self.model.cfg)
     for ex in step_examples:
       row, _ = data.first_fit_decreasing(lengths[ex], self.pack_width)
       rows = round_up(int(row.max()) + 1, self.row_multiple)
       heads[rows] = max(heads.get(rows, 0), int(responses[ex].sum()))
-      packed += rows * self.pack_width
-      padded += round_up(int(lengths[ex].max()), multiple) * len(ex)
+      packed += cost(rows, self.pack_width)
+      padded += cost(len(ex), round_up(int(lengths[ex].max()), multiple))
     head_multiple = int(np.lcm(multiple, self.row_multiple))
     self.head_slots = {r: round_up(h, head_multiple) for r, h in heads.items()}
     return mode == 'on' or packed < padded

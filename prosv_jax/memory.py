@@ -17,7 +17,7 @@ def device_bytes(device=None) -> tuple[int | None, int | None]:
 
   Accelerators report their allocator's limit (memory_stats()['bytes_limit'], available =
   limit - bytes_in_use); the CPU backend uses the host's RAM (/proc/meminfo MemTotal and
-  MemAvailable).
+  MemAvailable) divided among this process's CPU devices.
   """
   device = device or jax.devices()[0]
   stats = None
@@ -28,7 +28,12 @@ def device_bytes(device=None) -> tuple[int | None, int | None]:
   if stats and stats.get('bytes_limit'):
     limit = int(stats['bytes_limit'])
     return limit, limit - int(stats.get('bytes_in_use', 0))
-  return _meminfo('MemTotal'), _meminfo('MemAvailable')
+  # Host RAM, shared by this process's devices of the platform (several with
+  # --xla_force_host_platform_device_count), each running its share of a step.
+  share = max(1, len([d for d in jax.local_devices() if d.platform == device.platform]))
+  total, available = _meminfo('MemTotal'), _meminfo('MemAvailable')
+  return (None if total is None else total // share,
+          None if available is None else available // share)
 
 
 def _meminfo(key: str) -> int | None:

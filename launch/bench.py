@@ -23,6 +23,7 @@ import platform
 import sys
 import tempfile
 import time
+import types
 
 from absl import app, flags, logging
 import jax
@@ -403,18 +404,15 @@ def first_step(model):
   """The breakdown and profile suites' subject: the first step of one PrOSV p2+s2 run
   (K = --concepts_per_step[0] concepts, --train_examples each) as Trainer runs it.
 
-  Returns (config, prepared trainer, train_step's static arguments without the response
-  width, host()), where host() builds and places the first batch as Trainer.step does and
-  returns (placed batch, host batch).
+  Returns a namespace: config, the prepared trainer, static (train_step's static arguments),
+  host() (builds and places the first batch as Trainer.step does: (placed, host batch)), that
+  batch and host_batch, and flops (the step's useful FLOPs, prosv_jax.flops.step_flops).
   """
   k = int(CONCEPTS.value[0])
   with tempfile.TemporaryDirectory() as tmp:
     config = train_config('p2+s2', k, bench_table(k, tmp), TRAIN_EXAMPLES.value)
     trainer = Trainer(config, model)
   trainer.prepare()
-  static = dict(cfg=model.cfg, layer=trainer.layer, positions=trainer.positions,
-                loss_kind=config.train.loss, num_concepts=trainer.num_concepts,
-                optimizer=trainer.optimizer, response_width=None)
 
   def host():
     # The first step's planned width (right-padded runs); these suites time padded rows.
@@ -422,7 +420,15 @@ def first_step(model):
     batch = trainer.host_batch(trainer.batch_rows(0), width=planned)
     return parallel.place_batch(batch, trainer.mesh), batch
 
-  return config, trainer, static, host
+  batch, host_batch = host()
+  width = (trainer.step_shapes[0][2] if trainer.step_shapes
+           else trainer.response_width(host_batch))
+  static = dict(cfg=model.cfg, layer=trainer.layer, positions=trainer.positions,
+                loss_kind=config.train.loss, num_concepts=trainer.num_concepts,
+                optimizer=trainer.optimizer, response_width=width)
+  flops = step_flops(model.cfg, trainer.layer, [trainer.flat[r] for r in trainer.batch_rows(0)])
+  return types.SimpleNamespace(config=config, trainer=trainer, static=static, host=host,
+                               batch=batch, host_batch=host_batch, flops=flops)
 
 
 def run_breakdown(model):
@@ -436,14 +442,13 @@ def run_breakdown(model):
   import resource
   from prosv_jax.train import step as step_lib
   from prosv_jax.models import transformer
-  config, trainer, static, host = first_step(model)
+  first = first_step(model)
+  config, trainer, static = first.config, first.trainer, first.static
+  batch, host_batch, width = first.batch, first.host_batch, static['response_width']
   cfg, params, layer, k = model.cfg, model.params, trainer.layer, trainer.num_concepts
   repeats = REPEATS.value
 
-  t_host = median_time(lambda: host()[0], repeats)
-  batch, host_batch = host()
-  static['response_width'] = width = (trainer.step_shapes[0][2] if trainer.step_shapes
-                                      else trainer.response_width(host_batch))
+  t_host = median_time(lambda: first.host()[0], repeats)
   start = time.perf_counter()
   jax.block_until_ready(step_lib.train_step(trainer.init_state(), params, batch, trainer.bank,
                                             **static))
@@ -495,7 +500,7 @@ def run_breakdown(model):
 
   xla_flops = compiled_flops(step_lib.train_step, trainer.init_state(), params, batch,
                              trainer.bank, **static)
-  flops = step_flops(cfg, layer, [trainer.flat[r] for r in trainer.batch_rows(0)])
+  flops = first.flops
   peak = matmul_peak()
   real = int(np.sum(host_batch['length']))
   emit({'case': 'breakdown', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': layer,
@@ -525,11 +530,8 @@ def run_profile(model):
   work around them (zero-fills, the scan's per-layer stacks, copies, elementwise)."""
   from prosv_jax import step_profile
   from prosv_jax.train import step as step_lib
-  config, trainer, static, host = first_step(model)
-  del config
-  batch, host_batch = host()
-  static['response_width'] = (trainer.step_shapes[0][2] if trainer.step_shapes
-                              else trainer.response_width(host_batch))
+  first = first_step(model)
+  trainer, static, batch = first.trainer, first.static, first.batch
   args = (model.params, batch, trainer.bank)
   compiled = step_lib.train_step.lower(trainer.init_state(), *args, **static).compile()
   instructions = step_profile.parse_hlo(compiled.as_text())
@@ -548,12 +550,12 @@ def run_profile(model):
   if not parts['parts']:
     raise SystemExit('the trace holds no events of the step\'s instructions: on a CPU run '
                      'with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true (this suite sets it)')
-  flops = step_flops(model.cfg, trainer.layer, [trainer.flat[r] for r in trainer.batch_rows(0)])
+  flops = first.flops
   matmul_s = parts['by_kind_wall_s'].get('matmul', 0.0)
   emit({'case': 'profile', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': trainer.layer,
         'concepts_per_step': trainer.num_concepts, 'rows': int(batch['tokens'].shape[0]),
         'width': int(batch['tokens'].shape[1]), 'response_width': int(static['response_width']),
-        'real_tokens': int(np.sum(host_batch['length'])),
+        'real_tokens': int(np.sum(first.host_batch['length'])),
         'padded_slots': int(np.prod(batch['tokens'].shape)),
         'train_step_s': round(t_step, 4), 'useful_gflop': round(flops / 1e9, 1),
         'useful_gflop_per_s': round(flops / t_step / 1e9, 1),

@@ -20,7 +20,6 @@ def device_bytes(device=None) -> tuple[int | None, int | None]:
   MemAvailable) divided among this process's CPU devices.
   """
   device = device or jax.devices()[0]
-  stats = None
   try:
     stats = device.memory_stats()
   except Exception:  # pylint: disable=broad-except  (backends without stats raise variously)

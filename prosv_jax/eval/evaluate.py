@@ -268,15 +268,16 @@ def _intervals(judge, setup, ratings, methods, concepts, selected, attack, stats
     units.append(np.stack([_units(judge, setup, ratings, m, cid, selected, attack, indices)
                            for m in names]))
   args = (int(stats.draws), int(stats.seed), float(stats.level))
-  out = scores.paired_bootstrap(units, names, None, *args)
-  # One paired bootstrap per reference: the same draws (same seed), so every difference is
-  # paired on the same resampled units.
+  # One paired bootstrap per reference, all with the same draws (same seed): the means and
+  # their intervals are the same in each, and every difference is paired on the same units.
   refs = {m: reference_of(m, names) for m in names}
-  for ref in dict.fromkeys(r for r in refs.values() if r):
-    diffs = scores.paired_bootstrap(units, names, ref, *args)
+  out = None
+  for ref in dict.fromkeys(r for r in refs.values() if r) or [None]:
+    boot = scores.paired_bootstrap(units, names, ref, *args)
+    out = out or {m: dict(mean=b['mean'], ci=b['ci']) for m, b in boot.items()}
     for m in names:
-      if refs[m] == ref:
-        out[m].update(diff=diffs[m]['diff'], diff_ci=diffs[m]['diff_ci'], reference=ref)
+      if ref is not None and refs[m] == ref:
+        out[m].update(diff=boot[m]['diff'], diff_ci=boot[m]['diff_ci'], reference=ref)
   return out
 
 

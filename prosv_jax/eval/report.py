@@ -20,11 +20,11 @@ LABELS = {
 GRID_NAMES = {'fssv_grid': 'FSSV', 'prosv_grid': 'PrOSV'}
 
 
-def label(method: str) -> str:
+def label(method: str, names: dict = LABELS) -> str:
   """'prosv' -> 'PrOSV, trained factor'; 'prosv:smollm2' -> 'PrOSV, trained factor
-  (preset smollm2)': a method with the training preset of its vectors."""
+  (preset smollm2)': a method with the training preset of its vectors (names: base -> text)."""
   base, variant = split_method(method)
-  text = LABELS.get(base, base)
+  text = names.get(base, base)
   return f'{text} (preset {variant})' if variant else text
 
 
@@ -94,7 +94,7 @@ def _grid_tables(results: dict) -> list[str]:
   for method, g in (results.get('grid') or {}).items():
     kind = grid_of(method) or method
     gain = g.get('gain_over_trained')
-    name = _grid_name(method)
+    name = label(method, GRID_NAMES)
     lines += ['', f'**Factor grid, {name}**: multiplier of the trained '
               f'factor selected per concept on the first half. The trained factor (1x) was '
               f'picked for {g["trained_selected"]} of {g["concepts"]} concepts and was the best '
@@ -109,12 +109,6 @@ def _grid_tables(results: dict) -> list[str]:
       lines.append(f'| {cid} | {c["multiplier"]:g} | {factor:.2f} | '
                    f'{_yes(c["trained_selected"])} | {_yes(c["trained_best_on_report"])} |')
   return lines
-
-
-def _grid_name(method: str) -> str:
-  """'prosv_grid:smollm2' -> 'PrOSV (preset smollm2)'."""
-  base, variant = split_method(method)
-  return GRID_NAMES.get(base, base) + (f' (preset {variant})' if variant else '')
 
 
 def _yes(flag) -> str:
@@ -221,7 +215,7 @@ def plot(results: dict, folder: str, prefix: str = '') -> list[str]:
                                                '#ccb974', '#64b5cd')):
       grid = results['grid'][method]['per_concept']
       mults = sorted({float(m) for g in grid.values() for m in g['select']})
-      name = _grid_name(method)
+      name = label(method, GRID_NAMES)
       for half, style in (('select', 'o-'), ('report', 's--')):
         ys = [np.mean([g[half][f'{m:g}'] for g in grid.values()]) for m in mults]
         ax.plot(mults, ys, style, color=color,

@@ -9,6 +9,7 @@
   python launch/bench.py --suite=sample               # decode as the evaluation samples (top-k 50)
   python launch/bench.py --suite=shapes               # compiled step shapes per run, planned vs not
   python launch/bench.py --suite=profile              # one step op by op (trace + HLO)
+  python launch/bench.py --suite=work                 # FLOPs ours and the PyTorch recipe compute
 
 Prefill tokens/s counts prompt tokens (all rows the full width); decode tokens/s counts
 generated tokens over all rows (EOS ignored, so every row runs to the end). Training tokens/s
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prosv_jax import data, parallel, steer
+from prosv_jax import flops as flop_count
 from prosv_jax.flops import step_flops
 from prosv_jax.train import optim
 from prosv_jax.train.config import method_config
@@ -43,7 +45,7 @@ CONCEPT10 = os.path.join(ROOT, '..', 'shared', 'data', 'axbench', 'concept10', '
 
 SUITE = flags.DEFINE_enum('suite', 'inference', ['inference', 'steer_decode', 'train',
                                                  'reference', 'breakdown', 'parity',
-                                                 'sample', 'shapes', 'profile'],
+                                                 'sample', 'shapes', 'profile', 'work'],
                           'Which cases to run.')
 MODEL = flags.DEFINE_string('model', DEFAULT_MODEL, 'Model spec.')
 DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Weight dtype.')
@@ -323,6 +325,64 @@ def paper_batches(trainer, seed: int = 0) -> list[dict]:
   return out
 
 
+def computed_work(trainer, paper: list[dict], same: list[dict]) -> dict:
+  """FLOPs each side of the reference suite computes over one concept's run, padding and
+  masked attention pairs included, and the speedup they allow at an equal rate per FLOP.
+
+  Ours (right-padded runs, as planned): blocks L+1.. forward and input gradient on every slot
+  and dense attention (flops.rows_cost), the LM head at the planned response slots, plus the
+  block-L bank once (blocks 0..L forward over each example). The PyTorch recipe: every block
+  forward on every slot of each batch (dense attention), blocks L+1.. input gradient, and the
+  LM head forward and input gradient at every slot (transformers computes logits everywhere;
+  the labels mask only zeroes their gradient). `paper`: the batches the paper's code builds;
+  `same`: the batches the suite gives the PyTorch recipe as ours (the same rows per step).
+  """
+  cfg, layer = trainer.model.cfg, trainer.layer
+  n, p = cfg.num_layers, flop_count.block_matmul_params(cfg)
+  he, head = cfg.num_heads * cfg.head_dim, cfg.hidden_size * cfg.vocab_size
+
+  def torch_batch(rows, width):
+    forward = n * (2.0 * p * rows * width + 4.0 * he * rows * width * width)
+    backward = (n - layer - 1) * (2.0 * p * rows * width + 8.0 * he * rows * width * width)
+    return forward + backward + 4.0 * head * rows * width
+
+  if trainer.step_shapes is None:
+    raise ValueError('computed_work counts right-padded runs; this one packs (data.pack)')
+  ours = sum((n - layer - 1) * flop_count.rows_cost(cfg, rows, width) + 4.0 * head * rows * rw
+             for rows, width, rw in trainer.step_shapes)
+  bank = sum((layer + 1) * (2.0 * p * e.length + 4.0 * he * e.length ** 2) for e in trainer.flat)
+  ours += bank
+  useful = sum(step_flops(cfg, layer, [trainer.flat[r] for r in trainer.batch_rows(s)])
+               for s in range(trainer.total_steps))
+  torch_ours = sum(torch_batch(*b['tokens'].shape) for b in same)
+  torch_paper = sum(torch_batch(*b['tokens'].shape) for b in paper)
+  return {'ours_tflop': round(ours / 1e12, 2), 'ours_bank_tflop': round(bank / 1e12, 2),
+          'ours_useful_tflop': round(useful / 1e12, 2),
+          'torch_paper_batches_tflop': round(torch_paper / 1e12, 2),
+          'torch_our_batches_tflop': round(torch_ours / 1e12, 2),
+          'speedup_at_equal_rate_paper_batches': round(torch_paper / ours, 3),
+          'speedup_at_equal_rate_our_batches': round(torch_ours / ours, 3),
+          'speedup_at_equal_rate_if_ours_computed_only_useful': round(
+              torch_paper / (useful + bank), 3)}
+
+
+def our_batches(trainer) -> list[dict]:
+  """The reference suite's batches for the PyTorch recipe on our rows: each step's rows as
+  Trainer orders them, padded to the longest rounded up (host arrays)."""
+  return [jax.device_get(trainer.make_batch(trainer.batch_rows(s)))
+          for s in range(trainer.total_steps)]
+
+
+def run_work(model):
+  """computed_work of the reference suite's run, without training: what speedup over the
+  PyTorch recipe the work alone allows (ours is faster only by computing less, or faster)."""
+  trainer = Trainer(train_config('p2+s2', 1, DATA.value, 0), model)
+  emit({'case': 'work', 'positions': 'p2+s2', 'model': MODEL.value, 'layer': trainer.layer,
+        'steps': trainer.total_steps, 'batch': trainer.batch_size,
+        'max_response_tokens': trainer.config.data.max_response_tokens,
+        **computed_work(trainer, paper_batches(trainer), our_batches(trainer))})
+
+
 def run_reference(model):
   """One concept's full 12-epoch training, ours against the paper's PyTorch recipe, which runs
   on the batches the paper's code would build and on ours (the same examples per step)."""
@@ -330,8 +390,7 @@ def run_reference(model):
   from torch_reference import torch_model_from_gguf, train_reference  # launch/, needs torch
   from prosv_jax.models.load import resolve
   trainer = Trainer(train_config('p2+s2', 1, DATA.value, 0), model)
-  ours_batches = [jax.device_get(trainer.make_batch(trainer.batch_rows(s)))
-                  for s in range(trainer.total_steps)]
+  ours_batches = our_batches(trainer)
   peak = matmul_peak()
   start = time.perf_counter()
   trainer.prepare()
@@ -353,7 +412,9 @@ def run_reference(model):
             'ours_useful_gflop_per_s': round(flops / ours / 1e9, 1),
             'matmul_peak_gflop_per_s': round(peak / 1e9, 1),
             'ours_fraction_of_peak': round(flops / ours / peak, 3)}
-  for name, batches in (('paper_batches', paper_batches(trainer)), ('our_batches', ours_batches)):
+  paper = paper_batches(trainer)
+  record['work'] = computed_work(trainer, paper, ours_batches)
+  for name, batches in (('paper_batches', paper), ('our_batches', ours_batches)):
     ref = train_reference(torch_model, batches, layer=c.layer, width=trainer.width,
                           beta=c.steer.beta, factor_lr=factor_lr,
                           direction_scale=c.steer.direction_scale,
@@ -577,7 +638,7 @@ def main(argv):
   {'inference': run_inference, 'steer_decode': run_steer_decode, 'train': run_train,
    'reference': run_reference, 'breakdown': run_breakdown,
    'parity': run_parity, 'sample': run_sample, 'shapes': run_shapes,
-   'profile': run_profile}[SUITE.value](model)
+   'profile': run_profile, 'work': run_work}[SUITE.value](model)
 
 
 if __name__ == '__main__':

@@ -43,3 +43,28 @@ def test_bench_and_bench_scale_count_flops_with_one_function():
   import bench_scale  # noqa: E402
   from prosv_jax import flops
   assert bench.step_flops is flops.step_flops is bench_scale.step_flops
+
+
+def test_computed_work_counts_padding_dense_attention_and_the_head_each_side_computes():
+  from prosv_jax.models.config import ModelConfig
+  cfg = ModelConfig('llama', 10, 4, 6, 3, 2, 1, 2)  # 3 blocks; P = 4*2*(4+2) + 3*4*6 = 120
+  p, he, head = 120, 4, 40
+  ex = data.Example(np.array([1, 2], np.int32), np.array([3, 4, 5], np.int32), 0, '0')  # t=5
+  trainer = types.SimpleNamespace(
+      model=types.SimpleNamespace(cfg=cfg), layer=0, flat=[ex], total_steps=1,
+      batch_rows=lambda step: [0], step_shapes=[(1, 8, 4)])  # one row, 8 slots, 4 response
+  padded = {'tokens': np.zeros((1, 8), np.int32)}
+  work = bench.computed_work(trainer, paper=[{'tokens': np.zeros((1, 5), np.int32)}],
+                             same=[padded])
+  ours = (2 * (4 * p * 8 + 12 * he * 64)  # blocks 1-2 forward + input gradient, 8 slots, dense
+          + 4 * head * 4  # head at the 4 planned response slots
+          + 1 * (2 * p * 5 + 4 * he * 25))  # the bank: block 0 forward over the 5 real tokens
+
+  def torch_batch(w):  # all 3 blocks forward, blocks 1-2 backward, the head at every slot
+    return 3 * (2 * p * w + 4 * he * w * w) + 2 * (2 * p * w + 8 * he * w * w) + 4 * head * w
+
+  assert work['speedup_at_equal_rate_paper_batches'] == round(torch_batch(5) / ours, 3)
+  assert work['speedup_at_equal_rate_our_batches'] == round(torch_batch(8) / ours, 3)
+  useful = bench.step_flops(cfg, 0, [ex])
+  assert work['speedup_at_equal_rate_if_ours_computed_only_useful'] == round(
+      torch_batch(5) / (useful + 1 * (2 * p * 5 + 4 * he * 25)), 3)

@@ -53,7 +53,11 @@ case $piece in
     cat <<'EOF'
 piece           runs (concept-runs)            what
 prosv-grid-1..3 3 cells x 2 concepts each      PrOSV (beta, factor LR) 3x3, one beta row each
+prosv-grid-0    3 x 2                          the row below (beta 1/16), as the pick sat at
+                                               the smallest beta (its chosen cell then reads
+                                               all four rows)
 fssv-grid-1..3  3 x 2 each                     FSSV the same grid
+fssv-grid-0     3 x 2                          FSSV's row below, if its pick sits at beta 0.25
 prosv-dir-1..2  3 x 2 each                     PrOSV (s, direction LR) 2x3 at prosv-grid's cell
 fssv-dir-1..2   3 x 2 each                     FSSV the same at fssv-grid's cell
 prosv-pos-1..2  2 x 2 each                     p2+s2, s4 | p4+s4, prompt at PrOSV's chosen cell
@@ -69,6 +73,10 @@ EOF
     method=${piece%%-*}
     sweep "configs/$method.py" study_beta_lr "$ROOT/${method}_beta_lr" "${DATA[@]}" \
       --part="${piece##*-}/3"
+    ;;
+  prosv-grid-0|fssv-grid-0)
+    method=${piece%%-*}
+    sweep "configs/$method.py" study_beta_lr_low "$ROOT/${method}_beta_lr" "${DATA[@]}"
     ;;
   prosv-dir-[12]|fssv-dir-[12])
     method=${piece%%-*}

@@ -485,3 +485,16 @@ def test_study_pieces_chain_through_the_heldout_choice(tmp_path, tiny_model_path
     assert config['steer']['beta'] == 1.0
     assert config['optim']['factor_lr'] == float(chosen['optim.factor_lr'])
     assert config['steer']['direction_scale'] == 1.0
+
+
+def test_study_low_beta_row_sits_below_the_grid_and_joins_its_root():
+  from prosv_jax.train.config import STUDY_BETAS, STUDY_FACTOR_LRS, preset_sweep
+  low = preset_sweep('prosv', 'study_beta_lr_low')
+  assert [p['steer.beta'] for p in low] == [STUDY_BETAS[0] / 4] * len(STUDY_FACTOR_LRS)
+  assert [p['optim.factor_lr'] for p in low] == list(STUDY_FACTOR_LRS)
+  grid = preset_sweep('prosv', 'study_beta_lr')
+  names = {r.name for r in sweep.expand(grid, 'root')} & {r.name for r in sweep.expand(low, 'root')}
+  assert not names  # its runs sit beside the grid's in one root without clashing
+  listed = subprocess.run(['bash', 'launch/study.sh', 'list'], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+  assert 'prosv-grid-0' in listed and 'fssv-grid-0' in listed

@@ -273,6 +273,10 @@ def method_sweeps(method: str) -> dict:
       # (beta, factor LR) wide enough to hold the optimum, 3 x 3, one beta row per --part=i/3;
       'study_beta_lr': lambda: sweep.grid({'steer.beta': STUDY_BETAS,
                                            'optim.factor_lr': STUDY_FACTOR_LRS}),
+      # the row below it (beta 1/16 x the same factor LRs), run when a method's pick sits at
+      # the grid's smallest beta, so the chosen cell is not just the grid's edge;
+      'study_beta_lr_low': lambda: sweep.grid({'steer.beta': (STUDY_BETAS[0] / 4,),
+                                               'optim.factor_lr': STUDY_FACTOR_LRS}),
       # (s, direction LR) at a method's chosen (beta, factor LR), given as --config overrides;
       'study_direction': lambda: sweep.grid({'steer.direction_scale': (1.0, 8.0),
                                              'optim.direction_lr': STUDY_DIRECTION_LRS}),

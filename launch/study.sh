@@ -14,6 +14,10 @@
 # the steered loss on AxBench's held-out positives of those concepts (collect.py --best), which
 # no steering evaluation reads; launch/evaluate.py then reports on held-out instructions.
 set -euo pipefail
+# The whole script is one brace group, which bash reads to its end before running any of it:
+# editing (or a git checkout of) this file while a piece runs cannot change what that piece
+# does next. Replace it by rename (os.replace, git), so the running bash keeps its old copy.
+{
 cd "$(dirname "$0")/.."
 
 D=../shared/data/axbench/concept10/prod_2b_l10_v1
@@ -135,3 +139,5 @@ EOF
     exit 2
     ;;
 esac
+exit
+}

@@ -341,16 +341,20 @@ def computed_work(trainer, paper: list[dict], same: list[dict]) -> dict:
   n, p = cfg.num_layers, flop_count.block_matmul_params(cfg)
   he, head = cfg.num_heads * cfg.head_dim, cfg.hidden_size * cfg.vocab_size
 
+  upper = n - layer - 1  # blocks L+1.. : forward and input gradient (flops.rows_cost)
+
+  def forward(rows, width):  # one block's forward only, dense attention
+    return 2.0 * p * rows * width + 4.0 * he * rows * width * width
+
   def torch_batch(rows, width):
-    forward = n * (2.0 * p * rows * width + 4.0 * he * rows * width * width)
-    backward = (n - layer - 1) * (2.0 * p * rows * width + 8.0 * he * rows * width * width)
-    return forward + backward + 4.0 * head * rows * width
+    return ((layer + 1) * forward(rows, width) + upper * flop_count.rows_cost(cfg, rows, width)
+            + 4.0 * head * rows * width)
 
   if trainer.step_shapes is None:
     raise ValueError('computed_work counts right-padded runs; this one packs (data.pack)')
-  ours = sum((n - layer - 1) * flop_count.rows_cost(cfg, rows, width) + 4.0 * head * rows * rw
+  ours = sum(upper * flop_count.rows_cost(cfg, rows, width) + 4.0 * head * rows * rw
              for rows, width, rw in trainer.step_shapes)
-  bank = sum((layer + 1) * (2.0 * p * e.length + 4.0 * he * e.length ** 2) for e in trainer.flat)
+  bank = (layer + 1) * sum(forward(1, e.length) for e in trainer.flat)
   ours += bank
   useful = sum(step_flops(cfg, layer, [trainer.flat[r] for r in trainer.batch_rows(s)])
                for s in range(trainer.total_steps))

@@ -85,16 +85,18 @@ EOF
   prosv-dir-[12]|fssv-dir-[12])
     method=${piece%%-*}
     cell=$(chosen "$ROOT/${method}_beta_lr" "$method-grid-1..3")
+    # Its cell at the method's own s and direction LR is the grid's chosen run: copied.
     # shellcheck disable=SC2086  # the chosen cell's flags, one word each
     sweep "configs/$method.py" study_direction "$ROOT/${method}_direction" "${DATA[@]}" \
-      $cell --part="${piece##*-}/2"
+      $cell --part="${piece##*-}/2" --reuse="$ROOT/${method}_beta_lr"
     ;;
   prosv-pos-[12])
     cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")
     direction=$(chosen "$ROOT/prosv_direction" "prosv-dir-1..2")
     # shellcheck disable=SC2086
     sweep configs/prosv.py study_positions "$ROOT/prosv_positions" "${DATA[@]}" \
-      $cell $direction --part="${piece##*-}/2"
+      $cell $direction --part="${piece##*-}/2" \
+      --reuse="$ROOT/prosv_direction,$ROOT/prosv_beta_lr"  # p2+s2 is the chosen run
     ;;
   gemma-grid)
     cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")

@@ -44,6 +44,9 @@ SEPARATE = flags.DEFINE_boolean('separate', False,
                                 'Train every run on its own, even runs that differ only in '
                                 'beta, direction scale, LRs and seed (by default those train '
                                 'together as slots of one step: train.slots).')
+REUSE = flags.DEFINE_list('reuse', [], 'Sweep roots whose finished runs stand in for runs with '
+                          'the same config: copied, not trained again (training is '
+                          'deterministic).')
 flags.mark_flags_as_required(['config', 'sweep', 'root'])
 
 
@@ -75,6 +78,8 @@ def main(argv):
     sweep.write_manifest(ROOT.value, config_spec, SWEEP.value, runs, common)
     if PART.value:
       runs = sweep.part(runs, PART.value)
+    sweep.reuse_finished(CONFIG.value, runs, REUSE.value,
+                         log=lambda line: print(line, file=sys.stderr))
     if PRINT.value:
       todo = [r for r in runs if not sweep.is_finished(r.workdir)]
       if len(todo) < len(runs):

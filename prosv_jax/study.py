@@ -27,7 +27,8 @@ STUDY_KEYS = ('model', 'layer', 'positions', 'steer.beta', 'steer.direction_scal
 SUMMARY_KEYS = ('steps', 'total_steps', 'width', 'final_loss', 'heldout_loss',
                 'heldout_gain', 'train_loss', 'factor', 'direction_norm', 'direction_moved',
                 'direction_cosine_to_init', 'residual_rms', 'factor_unit', 'edit_rms_ratio',
-                'factor_lr', 'direction_lr', 'concepts', 'train_s', 'steps_per_s')
+                'factor_lr', 'direction_lr', 'concepts', 'train_s', 'steps_per_s',
+                'reused_from')
 # What a study selects by: the steered loss on held-out positives of the trained concepts
 # (AxBench's latent_eval_data), which no evaluation of steering reads.
 SELECT_BY = 'heldout_loss'
@@ -137,7 +138,9 @@ def run_row(folder: str, name: str, overrides: dict | None = None) -> dict:
                train_loss=_mean(summary.get('train_loss')),
                direction_moved=_mean(summary.get('direction_moved')),
                direction_cosine_to_init=_mean(summary.get('direction_cosine_to_init')),
-               factor_unit=_mean(summary.get('factor_unit')))
+               factor_unit=_mean(summary.get('factor_unit')),
+               # a run copied from a finished one of the same config (sweep.reuse_finished)
+               reused_from=summary.get('reused_from', ''))
     # Held-out loss minus the unsteered model's, per concept and averaged (< 0: it helps).
     held, base = summary.get('heldout_loss'), summary.get('heldout_loss_unsteered')
     if held and base:

@@ -21,10 +21,12 @@ import itertools
 import json
 import os
 import re
+import shutil
 
 from prosv_jax.errors import ProsvError
 from prosv_jax.train.slots import SLOT_KEYS
-from prosv_jax.train.workdir import FAILED_FILE, SUMMARY_FILE
+from prosv_jax.train.workdir import (CHECKPOINT_DIR, CONFIG_FILE, FAILED_FILE, SUMMARY_FILE,
+                                     config_differences)
 
 NAME = '_name'  # a point's name fragments; not a config key
 # Short names of the keys studies sweep, for run names like beta4_flr10.
@@ -369,6 +371,74 @@ def slot_config(config, group: list[Run]):
             'workdir': run.workdir} for run in group]
   return apply(config, {**shared, 'train.slots': json.dumps(cells),
                         'workdir': slot_workdir(group)})
+
+
+def _finished_configs(roots) -> list[tuple[str, dict]]:
+  """(workdir, config.json) of every finished run directly under `roots`."""
+  found = []
+  for root in roots:
+    if not os.path.isdir(root):
+      raise ProsvError(f'--reuse root {root} is not a folder; name a sweep root that exists')
+    for name in sorted(os.listdir(root)):
+      workdir = os.path.join(root, name)
+      try:
+        with open(os.path.join(workdir, CONFIG_FILE)) as f:
+          config = json.load(f)
+      except (OSError, ValueError):
+        continue
+      if is_finished(workdir) and not (config.get('train') or {}).get('slots'):
+        found.append((workdir, config))
+  return found
+
+
+def _copy_run(src: str, src_config: dict, run: Run) -> None:
+  """`src`'s results as `run`'s: every file but checkpoints, its paths rewritten to
+  run.workdir, summary.json last (with reused_from) so the run reads finished only when whole."""
+  dst = run.workdir
+  shutil.copytree(src, dst, dirs_exist_ok=True,
+                  ignore=shutil.ignore_patterns(CHECKPOINT_DIR, FAILED_FILE, SUMMARY_FILE))
+  old_path = src_config.get('workdir') or src
+  for folder, _, files in os.walk(dst):
+    for name in files:
+      path = os.path.join(folder, name)
+      if name.endswith('.json'):
+        with open(path) as f:
+          text = f.read()
+        if old_path in text:
+          with open(path, 'w') as f:
+            f.write(text.replace(old_path, dst))
+  with open(os.path.join(src, SUMMARY_FILE)) as f:
+    summary = json.loads(f.read().replace(old_path, dst))
+  summary['reused_from'] = src
+  tmp = os.path.join(dst, f'{SUMMARY_FILE}.{os.getpid()}.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, os.path.join(dst, SUMMARY_FILE))
+
+
+def reuse_finished(config, runs: list[Run], roots, log=print) -> list[str]:
+  """Gives each unfinished run whose config equals that of a finished run under `roots` (what
+  it trains: config_differences) that run's results, copied, not trained again; returns the
+  names of the runs so filled. Training is deterministic, so the copy is what the run would
+  write: a study's direction grid holds its (beta, LR) grid's chosen cell, and its positions
+  grid the direction grid's, and each costs a full run on a CPU."""
+  candidates = _finished_configs(roots) if roots else []
+  reused = []
+  for run in runs:
+    if not candidates or is_finished(run.workdir):
+      continue
+    want = json.loads(apply(config, {**run.overrides, 'workdir': run.workdir})
+                      .to_json_best_effort(sort_keys=True))
+    for src, src_config in candidates:
+      if os.path.abspath(src) != os.path.abspath(run.workdir) and not config_differences(
+          src_config, want):
+        os.makedirs(run.workdir, exist_ok=True)
+        _copy_run(src, src_config, run)
+        log(f'{run.name}: the same config as finished run {src}: its results copied, '
+            'not trained again')
+        reused.append(run.name)
+        break
+  return reused
 
 
 def run_local(config, runs: list[Run], max_steps: int | None = None,

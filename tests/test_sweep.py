@@ -235,6 +235,49 @@ def test_rerun_skips_finished_runs(swept, tiny_config_file):
   assert printed.stdout == '' and '4 finished runs left out' in printed.stderr
 
 
+def test_reuse_copies_finished_runs_of_the_same_config(swept, tiny_config_file, tmp_path):
+  """--reuse: a run whose config equals a finished run's (another root) gets its results
+  copied, paths rewritten, not trained; a run that differs in what it trains is trained."""
+  root, _ = swept
+  again = str(tmp_path / 'again')
+  out = launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny', f'--root={again}',
+               '--config.train.seed=7', f'--reuse={root}')
+  assert out.stderr.count('its results copied, not trained again') == 4
+  assert 'training' not in out.stdout
+  for name in TINY_NAMES:
+    summary = json.load(open(os.path.join(again, name, 'summary.json')))
+    assert summary['reused_from'] == os.path.join(root, name)
+    assert summary['final_loss'] == json.load(open(os.path.join(root, name,
+                                                                'summary.json')))['final_loss']
+    assert json.load(open(os.path.join(again, name, 'config.json')))['workdir'] == os.path.join(
+        again, name)
+    assert root not in open(os.path.join(again, name, 'vectors', 'steering_config.json')).read()
+    assert not os.path.exists(os.path.join(again, name, 'checkpoints'))
+  rows = {r['run']: r for r in study.collect(again)}
+  assert rows['beta1_flr0.1']['status'] == 'done'
+  assert rows['beta1_flr0.1']['reused_from'] == os.path.join(root, 'beta1_flr0.1')
+  other = str(tmp_path / 'other')  # another seed trains: nothing to copy
+  out = launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny', f'--root={other}',
+               '--config.train.seed=8', f'--reuse={root}', '--max_runs=1')
+  assert 'not trained again' not in out.stderr and 'done' in out.stdout
+  missing = launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny',
+                   f'--root={other}', f'--reuse={tmp_path / "nowhere"}', check=False)
+  assert missing.returncode != 0 and 'is not a folder' in missing.stderr
+
+
+def test_configs_differ_only_in_what_they_train():
+  from prosv_jax.train.workdir import config_differences
+  old = {'workdir': 'a', 'mesh': {'data': 1}, 'data': {'pack': 'on', 'concepts': [0]},
+         'steer': {'beta': 1.0}, 'train': {'seed': 1}}
+  new = {'workdir': 'b', 'mesh': {'data': 8}, 'data': {'pack': 'off', 'concepts': [0]},
+         'steer': {'beta': 1.0, 'init': 'width', 'residual_ref': 1.0},
+         'train': {'seed': 1, 'slots': ''}}
+  assert config_differences(old, new) == config_differences(new, old) == []
+  new['steer']['init'] = 'residual'
+  new['train']['seed'] = 2
+  assert config_differences(old, new) == ['steer', 'train']
+
+
 def test_run_local_resumes_and_records_failures(tiny_config_file, tmp_path):
   import importlib.util
   spec = importlib.util.spec_from_file_location('tiny_cfg', tiny_config_file)

@@ -25,7 +25,7 @@ from prosv_jax.train.concepts import heldout_examples
 from prosv_jax.train.config import check_config
 from prosv_jax.train.trainer import Trainer
 from prosv_jax.train.workdir import (CHECKPOINT_DIR, CONFIG_FILE, FAILED_FILE, METRICS_FILE,
-                                     SUMMARY_FILE, VECTORS_DIR)
+                                     SUMMARY_FILE, VECTORS_DIR, config_differences)
 from prosv_jax.vectors import SteeringVectors
 
 
@@ -82,20 +82,7 @@ def _check_same_config(workdir: str, config_json: str):
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    new = json.loads(config_json)
-    # The mesh says how to run, not what to train: a run may resume on other devices. So do
-    # data.pack (the same losses, laid out otherwise) and attention (the same math, another
-    # kernel), both absent from older workdirs.
-    for c in (old, new):
-      c.get('data', {}).pop('pack', None)
-    # Keys added since some workdirs were written, at the value that means what they ran.
-    for section, key, value in (('train', 'slots', ''), ('steer', 'init', 'width'),
-                                ('steer', 'residual_ref', 1.0)):
-      if key not in old.get(section, {}) and new.get(section, {}).get(key) == value:
-        new[section].pop(key)
-    changed = sorted(k for k in set(old) | set(new)
-                     if k not in ('workdir', 'show', 'mesh', 'attention')
-                     and old.get(k) != new.get(k))
+    changed = config_differences(old, json.loads(config_json))
     if changed:
       raise ProsvError(f'{workdir} holds a run with another config (differs in: '
                        f'{", ".join(changed)}); use a new --config.workdir to start afresh')

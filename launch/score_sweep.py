@@ -12,6 +12,7 @@ model; runs already scored are skipped, so a rerun resumes. --config.* overrides
 
 import json
 import os
+import shutil
 import sys
 
 from absl import app, flags, logging
@@ -42,6 +43,15 @@ def main(argv):
         continue
       if os.path.exists(os.path.join(folder, 'eval', 'results.json')):
         done += 1
+        continue
+      # A run copied from a finished one (sweep.py --reuse) takes that run's scores, once it
+      # has them: the same vectors, the same evaluation.
+      source = (sweep.read_summary(folder) or {}).get('reused_from')
+      if source and os.path.exists(os.path.join(source, 'eval', 'results.json')):
+        shutil.copytree(os.path.join(source, 'eval'), os.path.join(folder, 'eval'),
+                        dirs_exist_ok=True)
+        done += 1
+        print(f'{os.path.basename(folder)}: scores copied from {source} (the same run)')
         continue
       with open(os.path.join(folder, CONFIG_FILE)) as f:
         run = json.load(f)

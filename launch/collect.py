@@ -4,7 +4,9 @@
   # and the cell a study picks (lowest loss on held-out positives), as --config flags
   python launch/collect.py --root=workdirs/sweeps/beta_lr --best=heldout_loss
 
-A run's score comes from an evaluation's results.json in its folder or its eval/ subfolder
+With --best=heldout_loss it also prints every run's held-out loss minus the best's with a
+paired 95% interval (runs whose summaries keep per-example figures; launch/heldout.py adds
+them to older runs). A run's score comes from an evaluation's results.json in its folder or its eval/ subfolder
 (e.g. python launch/evaluate.py --config=configs/eval.py --config.methods=prosv
 --config.vectors.prosv=<run>/vectors --config.workdir=<run>/eval). Columns: see
 prosv_jax/study.py.
@@ -43,6 +45,14 @@ def main(argv):
     flags_ = sweep.config_flags_of(swept.get('overrides', {}))
     print(f'best by {BEST.value}: {row["run"]} ({BEST.value} {row[BEST.value]:.4f}) '
           f'{" ".join(flags_)}')
+    paired = [r for r in rows if r.get('heldout_vs_best') is not None and r is not row]
+    if paired and BEST.value == study.SELECT_BY:
+      # Paired on the same held-out examples (study.heldout_difference); runs trained before
+      # summaries kept per-example figures get them from launch/heldout.py.
+      print(f'\n{"run":<28} {"heldout_loss":>12}  minus the best, 95% interval')
+      for r in sorted(paired, key=lambda r: r['heldout_vs_best']):
+        print(f'{r["run"]:<28} {r["heldout_loss"]:>12.4f}  {r["heldout_vs_best"]:+.4f} '
+              f'[{r["heldout_vs_best_lo"]:+.4f}, {r["heldout_vs_best_hi"]:+.4f}]')
 
 
 if __name__ == '__main__':

@@ -7,13 +7,17 @@ subfolder, results.json. Columns: `run`, `status`, dotted config keys (`steer.be
 `factor`, `direction_norm` as means over the run's concepts, `factor_lr` / `direction_lr` as
 Adam used them after the width rule, `width`, `layer`, `residual_rms`, `edit_rms_ratio`), and
 `score` (AxBench harmonic mean of the run's method) plus `score_<method>` for every method the
-evaluation holds.
+evaluation holds. Runs whose summary keeps per-example held-out losses (heldout_examples) also
+get `heldout_vs_best` and its interval `heldout_vs_best_lo` / `_hi`: their held-out loss minus
+the selected run's, paired on the same examples (heldout_difference).
 """
 
 import csv
 import json
 import math
 import os
+
+import numpy as np
 
 from prosv_jax import sweep
 from prosv_jax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE
@@ -28,7 +32,7 @@ SUMMARY_KEYS = ('steps', 'total_steps', 'width', 'final_loss', 'heldout_loss',
                 'heldout_gain', 'train_loss', 'factor', 'direction_norm', 'direction_moved',
                 'direction_cosine_to_init', 'residual_rms', 'factor_unit', 'edit_rms_ratio',
                 'factor_lr', 'direction_lr', 'concepts', 'train_s', 'steps_per_s',
-                'reused_from')
+                'reused_from', 'heldout_vs_best', 'heldout_vs_best_lo', 'heldout_vs_best_hi')
 # What a study selects by: the steered loss on held-out positives of the trained concepts
 # (AxBench's latent_eval_data), which no evaluation of steering reads.
 SELECT_BY = 'heldout_loss'
@@ -173,7 +177,70 @@ def collect(root: str) -> list[dict]:
     # The swept keys lead, then the overrides every run of the sweep got.
     rows.append(run_row(folder, name, {**entry.get('overrides', {}),
                                        **entry.get('common', {})}))
-  return sorted(rows, key=lambda r: r['run'])
+  rows = sorted(rows, key=lambda r: r['run'])
+  _add_heldout_pairs(root, rows)
+  return rows
+
+
+def _heldout_sums(summary: dict):
+  """(concept [N], tokens [N], steered NLL sums [N]) of a summary's held-out examples, or
+  None when it keeps no per-example figures (runs from before they were recorded)."""
+  each = (summary or {}).get('heldout_examples')
+  if not each or not each.get('loss'):
+    return None
+  tokens = np.asarray(each['tokens'], np.float64)
+  return (np.asarray(each['concept']), tokens, np.asarray(each['loss'], np.float64) * tokens)
+
+
+def heldout_difference(a: dict, b: dict, draws: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> dict | None:
+  """Held-out loss of run `a` minus run `b` (their summaries), paired on the same held-out
+  examples, with a percentile bootstrap interval.
+
+  The statistic is the heldout_loss column's: each concept's token-mean loss, then the mean
+  over concepts. A draw resamples each concept's held-out examples with replacement, the same
+  examples for both runs; the concepts stay fixed (a study selects for the concepts it trains,
+  and two concepts are too few to resample). None when either summary has no per-example
+  figures; a ValueError when the two were measured on different examples.
+
+  Returns {diff, ci: [low, high], examples}.
+  """
+  sa, sb = _heldout_sums(a), _heldout_sums(b)
+  if sa is None or sb is None:
+    return None
+  if not (np.array_equal(sa[0], sb[0]) and np.array_equal(sa[1], sb[1])):
+    raise ValueError('the two runs were measured on different held-out examples; compare runs '
+                     'of the same data and concepts')
+  concept, tokens, nll_a = sa
+  nll_b = sb[2]
+  rng = np.random.default_rng(seed)
+  point, stats = 0.0, np.zeros(draws)
+  groups = [np.flatnonzero(concept == c) for c in np.unique(concept)]
+  for idx in groups:
+    t, d = tokens[idx], nll_a[idx] - nll_b[idx]
+    point += d.sum() / t.sum()
+    pick = rng.integers(0, idx.size, size=(draws, idx.size))
+    stats += d[pick].sum(axis=1) / t[pick].sum(axis=1)
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(stats / len(groups), [tail, 100 - tail])
+  return dict(diff=float(point / len(groups)), ci=[float(low), float(high)],
+              examples=int(concept.size))
+
+
+def _add_heldout_pairs(root: str, rows: list[dict]) -> None:
+  """heldout_vs_best (and its interval) on every finished row with per-example figures."""
+  try:
+    chosen = best(rows)
+  except ValueError:
+    return
+  ref = _read_json(os.path.join(root, chosen['run'], SUMMARY_FILE))
+  for row in rows:
+    if row.get('status') != 'done':
+      continue
+    pair = heldout_difference(_read_json(os.path.join(root, row['run'], SUMMARY_FILE)), ref)
+    if pair is not None:
+      row.update(heldout_vs_best=pair['diff'], heldout_vs_best_lo=pair['ci'][0],
+                 heldout_vs_best_hi=pair['ci'][1])
 
 
 def best(rows: list[dict], metric: str = SELECT_BY) -> dict:

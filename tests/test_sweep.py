@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -444,6 +445,46 @@ def test_rows_carry_the_heldout_figures_a_study_selects_by(tmp_path):
   assert a['factor_unit'] == pytest.approx(5.5)
   assert study.best(rows)['run'] == 'b'
   assert study.best(rows, 'heldout_gain_c0')['run'] == 'a'
+
+
+def test_heldout_differences_are_paired_on_the_same_examples(tmp_path):
+  """heldout_difference: the heldout_loss statistic (token-mean per concept, then the mean over
+  concepts) of one run minus another's, resampling examples within each concept."""
+  rng = np.random.default_rng(0)
+  concept = [0] * 30 + [1] * 20
+  tokens = rng.integers(5, 60, size=50).tolist()
+  base = rng.uniform(1.5, 3.5, size=50)
+
+  def summary(loss):
+    each = {'concept': concept, 'tokens': tokens, 'loss': list(loss),
+            'unsteered_loss': list(base)}
+    t = np.asarray(tokens)
+    held = [float(np.sum(loss[k] * t[k]) / np.sum(t[k]))
+            for k in (slice(0, 30), slice(30, 50))]
+    return {'steps': 2, 'total_steps': 2, 'heldout_loss': held, 'heldout_examples': each}
+
+  shifted = study.heldout_difference(summary(base + 0.25), summary(base))
+  assert shifted['diff'] == pytest.approx(0.25)  # a constant shift: exact, zero-width interval
+  assert shifted['ci'] == pytest.approx([0.25, 0.25])
+  noisy = base + rng.normal(0.05, 0.3, size=50)
+  pair = study.heldout_difference(summary(noisy), summary(base))
+  a, b = summary(noisy)['heldout_loss'], summary(base)['heldout_loss']
+  assert pair['diff'] == pytest.approx(np.mean(a) - np.mean(b))
+  assert pair['ci'][0] < pair['diff'] < pair['ci'][1] and pair['examples'] == 50
+  assert study.heldout_difference({'heldout_loss': [1.0]}, summary(base)) is None
+  other = summary(base)
+  other['heldout_examples']['tokens'] = tokens[::-1]
+  with pytest.raises(ValueError, match='different held-out examples'):
+    study.heldout_difference(summary(base), other)
+  # collect: every finished run with per-example figures against the one with the lowest loss
+  for name, loss in (('a', base + 0.25), ('b', base), ('c', noisy)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'config.json').write_text('{}')
+    (tmp_path / name / 'summary.json').write_text(json.dumps(summary(loss)))
+  rows = {r['run']: r for r in study.collect(str(tmp_path))}
+  assert rows['b']['heldout_vs_best'] == 0.0
+  assert rows['a']['heldout_vs_best'] == pytest.approx(0.25)
+  assert rows['c']['heldout_vs_best_lo'] == pytest.approx(pair['ci'][0])
 
 
 def test_plots_are_written(swept, tmp_path):

@@ -25,7 +25,7 @@ from prosv_jax.train import step as train_step  # noqa: E402
 from prosv_jax.artifacts import load_vectors  # noqa: E402
 from prosv_jax.train.config import base_config  # noqa: E402
 from prosv_jax.errors import ProsvError  # noqa: E402
-from prosv_jax.train.job import train_and_export  # noqa: E402
+from prosv_jax.train.job import heldout_figures, train_and_export  # noqa: E402
 from prosv_jax.train.trainer import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -339,6 +339,31 @@ def test_summary_reports_diagnostics_per_concept(tmp_path, tiny_model, tiny_mode
   np.testing.assert_allclose(summary['train_loss'], per_concept(params, trainer.flat), rtol=1e-4)
   assert trainer.eval_loss(params, held[1]) == [None, pytest.approx(summary['heldout_loss'][1],
                                                                     rel=1e-4)]
+  # Per held-out example: each example's own loss by hand, the same whether the rows are
+  # packed or right-padded, adding up to the per-concept figures; and measured again from the
+  # exported vectors (job.heldout_figures, for runs from before summaries kept them).
+  each = summary['heldout_examples']
+  assert each['concept'] == [0] * 36 + [1] * 36
+  for i in (0, 7, 40, 71):
+    ex = flat_held[i]
+    assert each['loss'][i] == pytest.approx(per_concept(params, [ex])[ex.concept], rel=1e-4)
+    assert each['unsteered_loss'][i] == pytest.approx(
+        per_concept(unsteered, [ex])[ex.concept], rel=1e-4)
+  tokens, loss = np.asarray(each['tokens']), np.asarray(each['loss'])
+  for k in range(2):
+    part = np.asarray(each['concept']) == k
+    assert np.sum(loss[part] * tokens[part]) / np.sum(tokens[part]) == pytest.approx(
+        summary['heldout_loss'][k], rel=1e-4)
+  packed = Trainer(tiny_config(tiny_model_path, tmp_path / 'diag_packed', **{
+      'data.source': str(CONCEPT10), 'data.concepts': (0, 4), 'data.max_examples': 8,
+      'data.pack': 'on'}), tiny_model)
+  assert packed.packed and not trainer.packed
+  np.testing.assert_allclose(packed.evaluate(params, flat_held)['example_loss'], each['loss'],
+                             rtol=1e-4)
+  again = heldout_figures(c.workdir, tiny_model)
+  np.testing.assert_allclose(again['heldout_examples']['loss'], each['loss'], rtol=1e-5)
+  assert again['heldout_examples']['tokens'] == each['tokens']
+  assert again['heldout_loss'] == pytest.approx(summary['heldout_loss'], rel=1e-5)
   # edit RMS over the block-1 RMS at the steered (p2+s2) positions, by hand
   b = data_pad(trainer.flat, trainer)
   h = np.asarray(train_step.lower_hidden(tiny_model.params, tiny_model.cfg, 1,

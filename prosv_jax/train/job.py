@@ -508,9 +508,9 @@ def _diagnostics(trainer: Trainer, params, init, held) -> dict:
   norm, norm0 = np.linalg.norm(v, axis=-1), np.linalg.norm(v0, axis=-1)
   train = trainer.evaluate(params, [e for per in trainer.concepts.examples for e in per])
   if held is None:
-    held = {'loss': None, 'unsteered_loss': None}
+    held, each = {'loss': None, 'unsteered_loss': None}, None
   else:
-    held = trainer.evaluate(params, [e for per in held for e in per])
+    held, each = _heldout(trainer, params, held)
   edit_rms = np.abs(np.asarray(params['factor'], np.float64)) * norm / np.sqrt(trainer.width)
   return {
       'direction_cosine_to_init': _rounded(np.sum(v * v0, -1) / (norm * norm0)),
@@ -519,10 +519,44 @@ def _diagnostics(trainer: Trainer, params, init, held) -> dict:
       'train_loss_unsteered': _rounded(train['unsteered_loss']),
       'heldout_loss': _rounded(held['loss']),
       'heldout_loss_unsteered': _rounded(held['unsteered_loss']),
+      'heldout_examples': each,
       'steered_residual_rms': _rounded(train['residual_rms']),
       'edit_rms_ratio': _rounded([e / r if r else None
                                   for e, r in zip(edit_rms, train['residual_rms'])]),
   }
+
+
+def _heldout(trainer: Trainer, params, held) -> tuple[dict, dict]:
+  """trainer.evaluate on the held-out examples, and their per-example figures (concept index
+  into concept_ids, response tokens, losses): what a paired comparison of two cells resamples
+  (prosv_jax.study.heldout_difference)."""
+  examples = [e for per in held for e in per]
+  out = trainer.evaluate(params, examples)
+  return out, {'concept': [e.concept for e in examples], 'tokens': out['example_tokens'],
+               'loss': _rounded(out['example_loss']),
+               'unsteered_loss': _rounded(out['example_unsteered_loss'])}
+
+
+def heldout_figures(workdir: str, model: Model | None = None) -> dict:
+  """A finished run's held-out figures measured again from its exported vectors, as its
+  summary states them (heldout_loss, heldout_loss_unsteered, heldout_examples): for runs from
+  before summaries kept per-example figures. `model` must be the run's (config.model)."""
+  from prosv_jax import study, sweep  # pylint: disable=import-outside-toplevel
+  from prosv_jax.train.config import base_config  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    flat = study.flatten(json.load(f))
+  config = sweep.apply(base_config(), {k: v for k, v in flat.items() if k != 'workdir'})
+  trainer = Trainer(config, model)
+  held = heldout_examples(config, trainer.model.tokenizer)
+  if held is None:
+    raise ProsvError(f'{workdir} trained on {config.data.source}, which has no held-out split; '
+                     'only runs on an AxBench source have held-out figures')
+  vectors = artifacts.load_vectors(os.path.join(workdir, VECTORS_DIR))
+  params = {'factor': np.asarray(vectors.factor, np.float32),
+            'direction': np.asarray(vectors.direction, np.float32)}
+  out, each = _heldout(trainer, params, held)
+  return {'heldout_loss': _rounded(out['loss']),
+          'heldout_loss_unsteered': _rounded(out['unsteered_loss']), 'heldout_examples': each}
 
 
 def _rounded(values, digits: int = 6):

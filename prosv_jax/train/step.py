@@ -277,13 +277,16 @@ def reference_logprobs(frozen, batch, *, cfg, layer, response_width):
 def eval_sums(steer_params, frozen, batch, *, cfg, layer, positions, num_concepts,
               response_width):
   """Per-concept sums [K] over one batch (right-padded, or packed with response_width
-  unused), to be added up over many batches.
+  unused), to be added up over many batches, and the same per example.
 
   Blocks 0..L run once; the rest twice, with and without the steering vector. Returns
   steered_nll and unsteered_nll (summed response cross-entropy), tokens (response tokens),
   and residual_sq / residual_n: the sum of squares and the count of block-L output
   coordinates at the steered positions (the scale the edit competes with there). Examples of
-  concept -1 or num_concepts (batch fillers) count nowhere.
+  concept -1 or num_concepts (batch fillers) count nowhere. example_steered_nll,
+  example_unsteered_nll and example_tokens [B] are the first three per example of the batch
+  (B = its length array's size, fillers included): what a paired comparison of two vectors
+  on the same examples resamples.
   """
   concept = batch['concept']
   h_low = batch_lower_hidden(frozen, cfg, layer, batch)
@@ -292,7 +295,9 @@ def eval_sums(steer_params, frozen, batch, *, cfg, layer, positions, num_concept
   for name, params in (('steered', steer_params), ('unsteered', None)):
     total, count = response_sums(frozen, cfg, layer, positions, params, batch, h_low,
                                  response_width)
+    out[f'example_{name}_nll'] = -total
     out[f'{name}_nll'] = per(-total)
+  out['example_tokens'] = count
   out['tokens'] = per(count)
   mask = steer_mask(positions, batch)
   sq = jnp.where(mask, jnp.sum(jnp.square(h_low.astype(jnp.float32)), axis=-1), 0.0)

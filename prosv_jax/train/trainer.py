@@ -27,6 +27,9 @@ from prosv_jax.train.step import (batch_lower_hidden_jit, eval_sums, lower_hidde
                                   reference_logprobs, train_step)
 from prosv_jax.padding import round_up
 
+# eval_sums' per-example outputs (the rest are per concept).
+EXAMPLE_SUMS = ('example_steered_nll', 'example_unsteered_nll', 'example_tokens')
+
 
 def _check_context(cfg, concepts) -> None:
   """Every example (prompt + response) must fit the model's positions."""
@@ -332,17 +335,23 @@ class Trainer:
 
     Returns lists [K], None for a concept without examples: loss (token-mean response
     cross-entropy, steered), unsteered_loss, and residual_rms (RMS of block-L outputs at the
-    steered positions).
+    steered positions); and per example, in `examples`' order: example_loss,
+    example_unsteered_loss (token-mean, each example's own) and example_tokens.
     """
     k = self.num_concepts
     total = {}
-    for batch, response_width in self._eval_batches(examples):
+    each = {key: np.zeros(len(examples)) for key in EXAMPLE_SUMS}
+    for batch, response_width, index in self._eval_batches(examples):
       sums = parallel.to_host(eval_sums(
           params, self.model.params, parallel.place_batch(batch, self.mesh), cfg=self.model.cfg,
           layer=self.layer, positions=self.positions, num_concepts=k,
           response_width=response_width))
       for key, value in sums.items():
-        total[key] = total.get(key, 0.0) + np.asarray(value, np.float64)
+        value = np.asarray(value, np.float64)
+        if key in each:  # the batch's examples lead its arrays; fillers follow
+          each[key][index] = value[:len(index)]
+        else:
+          total[key] = total.get(key, 0.0) + value
     present = [any(e.concept == c for e in examples) for c in range(k)]
 
     def ratio(num, den, root=False):
@@ -352,20 +361,25 @@ class Trainer:
       x = np.sqrt(x) if root else x
       return [float(v) if ok else None for v, ok in zip(x, present)]
 
+    tokens = np.maximum(each['example_tokens'], 1.0)
     return {'loss': ratio('steered_nll', 'tokens'),
             'unsteered_loss': ratio('unsteered_nll', 'tokens'),
-            'residual_rms': ratio('residual_sq', 'residual_n', root=True)}
+            'residual_rms': ratio('residual_sq', 'residual_n', root=True),
+            'example_loss': (each['example_steered_nll'] / tokens).tolist(),
+            'example_unsteered_loss': (each['example_unsteered_nll'] / tokens).tolist(),
+            'example_tokens': each['example_tokens'].astype(int).tolist()}
 
   def _eval_batches(self, examples: list[data.Example]):
-    """(numpy batch, response width) covering `examples`, every batch of one shape (one
-    compile) and as many token slots as batch_size * K right-padded rows."""
+    """(numpy batch, response width, indices into `examples` of the batch's leading
+    examples) covering `examples`, every batch of one shape (one compile) and as many token
+    slots as batch_size * K right-padded rows."""
     k = self.num_concepts
     rows = self.batch_size * k
     if not examples:
       return
     if self.packed:  # its fillers have concept -1, which the per-concept sums leave out
-      for batch, _ in self._pass_batches(examples, rows):
-        yield batch, 0
+      for batch, index in self._pass_batches(examples, rows):
+        yield batch, 0, index
       return
     multiple = int(self.config.data.pad_multiple)
     # The longest row's width, and a last batch filled up with rows of concept index k, which
@@ -374,9 +388,10 @@ class Trainer:
     response_width = max(multiple, round_up(max(len(e.response) for e in examples), multiple))
     order = np.argsort(data.example_lengths(examples), kind='stable')
     for start in range(0, len(order), rows):
-      picked = [examples[i] for i in order[start:start + rows]]
+      index = order[start:start + rows]
+      picked = [examples[i] for i in index]
       picked += [dataclasses.replace(picked[0], concept=k)] * (rows - len(picked))
-      yield data.pad_batch(picked, self.pad_id, width), response_width
+      yield data.pad_batch(picked, self.pad_id, width), response_width, index
 
   def eval_loss(self, params, examples: list[data.Example]) -> list:
     """Steered lang loss per concept [K] of `examples` (e.g. held-out positives): what a

@@ -27,10 +27,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  from prosv_jax import study, sweep  # pylint: disable=import-outside-toplevel
-  from prosv_jax.models.load import load_model  # pylint: disable=import-outside-toplevel
-  from prosv_jax.train.job import heldout_figures  # pylint: disable=import-outside-toplevel
-  from prosv_jax.train.workdir import CONFIG_FILE, SUMMARY_FILE  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel  (jax loads only once the flags parse)
+  from prosv_jax import study, sweep
+  from prosv_jax.models.load import load_model
+  from prosv_jax.train.job import heldout_figures
+  from prosv_jax.train.workdir import CONFIG_FILE, SUMMARY_FILE
   loaded = {}
   try:
     for folder in study._run_folders(ROOT.value):  # pylint: disable=protected-access

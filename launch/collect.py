@@ -7,8 +7,7 @@
 With --best=heldout_loss it also prints every run's held-out loss minus the best's with a
 paired 95% interval (runs whose summaries keep per-example figures; launch/heldout.py adds
 them to older runs). A run's score comes from an evaluation's results.json in its folder or its
-eval/ subfolder
-(e.g. python launch/evaluate.py --config=configs/eval.py --config.methods=prosv
+eval/ subfolder (e.g. python launch/evaluate.py --config=configs/eval.py --config.methods=prosv
 --config.vectors.prosv=<run>/vectors --config.workdir=<run>/eval). Columns: see
 prosv_jax/study.py.
 """

@@ -31,7 +31,7 @@ def main(argv):
   from prosv_jax import study, sweep
   from prosv_jax.models.load import load_model
   from prosv_jax.train.job import heldout_figures
-  from prosv_jax.train.workdir import CONFIG_FILE, SUMMARY_FILE
+  from prosv_jax.train.workdir import CONFIG_FILE
   loaded = {}
   try:
     for folder in study._run_folders(ROOT.value):  # pylint: disable=protected-access
@@ -50,11 +50,7 @@ def main(argv):
         raise ProsvError(f'{folder}: measured heldout_loss {figures["heldout_loss"]} against '
                          f'the summary\'s {summary["heldout_loss"]} (gap {gap:.2g}); the run '
                          'or its vectors changed since it was trained, so nothing is written')
-      summary.update(figures)
-      tmp = os.path.join(folder, f'{SUMMARY_FILE}.{os.getpid()}.tmp')
-      with open(tmp, 'w') as f:
-        json.dump(summary, f, indent=2)
-      os.replace(tmp, os.path.join(folder, SUMMARY_FILE))
+      sweep.write_summary(folder, {**summary, **figures})
       print(f'{os.path.relpath(folder, ROOT.value)}: {len(figures["heldout_examples"]["loss"])} '
             f'held-out examples, heldout_loss within {gap:.1e} of the summary')
   except ProsvError as e:

@@ -252,6 +252,15 @@ def read_summary(workdir: str) -> dict | None:
     return None
 
 
+def write_summary(workdir: str, summary: dict) -> None:
+  """Writes the run's summary.json whole (a temporary file moved into place), so a reader never
+  takes a half-written one for a finished run."""
+  tmp = os.path.join(workdir, f'{SUMMARY_FILE}.{os.getpid()}.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, SUMMARY_FILE))
+
+
 def is_finished(workdir: str) -> bool:
   """True when the run trained all its steps (its summary says steps == total_steps)."""
   s = read_summary(workdir)
@@ -410,10 +419,7 @@ def _copy_run(src: str, src_config: dict, run: Run) -> None:
   with open(os.path.join(src, SUMMARY_FILE)) as f:
     summary = json.loads(f.read().replace(old_path, dst))
   summary['reused_from'] = src
-  tmp = os.path.join(dst, f'{SUMMARY_FILE}.{os.getpid()}.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, os.path.join(dst, SUMMARY_FILE))
+  write_summary(dst, summary)
 
 
 def reuse_finished(config, runs: list[Run], roots, log=print) -> list[str]:

@@ -551,9 +551,7 @@ def heldout_figures(workdir: str, model: Model | None = None) -> dict:
   if held is None:
     raise ProsvError(f'{workdir} trained on {config.data.source}, which has no held-out split; '
                      'only runs on an AxBench source have held-out figures')
-  vectors = artifacts.load_vectors(os.path.join(workdir, VECTORS_DIR))
-  params = {'factor': np.asarray(vectors.factor, np.float32),
-            'direction': np.asarray(vectors.direction, np.float32)}
+  params = artifacts.load_vectors(os.path.join(workdir, VECTORS_DIR)).params()
   out, each = _heldout(trainer, params, held)
   return {'heldout_loss': _rounded(out['loss']),
           'heldout_loss_unsteered': _rounded(out['unsteered_loss']), 'heldout_examples': each}

@@ -2,7 +2,10 @@
 # The study of docs/STUDY.md (where does PrOSV win?) as pieces that each fit one sitting of a
 # 2-core CPU. Every piece resumes: rerun the same piece after an interruption and its finished
 # runs are skipped, interrupted ones continue from their checkpoints. Results go under
-# runs/study/ (kept in git without checkpoints: commit runs/ after each piece).
+# runs/study/ (kept in git without checkpoints: commit runs/ after each piece). A fresh
+# checkout has no checkpoints, so a cell cut off by the end of a session starts again from
+# step 0 there; to carry it over, commit its latest checkpoint (about 100 KB) with
+# git add -f runs/study/GRID/CELL/checkpoints, and git rm -r --cached it once the cell is done.
 #
 #   bash launch/study.sh list        the pieces in the order their inputs need
 #   bash launch/study.sh PIECE       run one piece, e.g. prosv-grid-1

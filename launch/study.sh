@@ -4,8 +4,8 @@
 # runs are skipped, interrupted ones continue from their checkpoints. Results go under
 # runs/study/ (kept in git without checkpoints: commit runs/ after each piece). A fresh
 # checkout has no checkpoints, so a cell cut off by the end of a session starts again from
-# step 0 there; to carry it over, commit its latest checkpoint (about 100 KB) with
-# git add -f runs/study/GRID/CELL/checkpoints, and git rm -r --cached it once the cell is done.
+# step 0 there; to carry it over, run `bash launch/study.sh carry` and commit: it stages the
+# latest checkpoint (about 100 KB) of every unfinished cell and unstages those of finished ones.
 #
 #   bash launch/study.sh list        the pieces in the order their inputs need
 #   bash launch/study.sh PIECE       run one piece, e.g. prosv-grid-1
@@ -74,7 +74,31 @@ gemma-grid      3 x 1 (gemma3-270m)            PrOSV's chosen cell on gemma3-270
 gemma-width     1 x 1 (gemma3-270m)            the same cell under the width rule, unchanged
 score           -                              offline-judge score of every finished cell
 collect         -                              CSVs and heatmaps under docs/study/
+carry           -                              stage unfinished cells' latest checkpoints
+                                               for git (then commit), unstage finished ones'
 EOF
+    ;;
+  carry)
+    # A cell is unfinished while its summary.json is missing. Only the newest step travels:
+    # the trainer resumes from the latest checkpoint it finds.
+    for ckpts in "$ROOT"/*/*/checkpoints; do
+      [ -d "$ckpts" ] || continue
+      cell=$(dirname "$ckpts")
+      if [ -f "$cell/summary.json" ]; then
+        if [ -n "$(git ls-files "$ckpts")" ]; then
+          git rm -r -q --cached "$ckpts"
+          echo "unstaged $ckpts (finished)"
+        fi
+        continue
+      fi
+      latest=$(ls "$ckpts" | grep -E '^[0-9]+$' | sort -n | tail -1 || true)
+      [ -n "$latest" ] || continue
+      if git ls-files "$ckpts" | grep -qv "^$ckpts/$latest/"; then
+        git rm -r -q --cached "$ckpts"  # an older step carried before; only the latest goes
+      fi
+      git add -f "$ckpts/$latest"
+      echo "staged $ckpts/$latest ($(du -sh "$ckpts/$latest" | cut -f1))"
+    done
     ;;
   prosv-grid-[123]|fssv-grid-[123])
     method=${piece%%-*}

@@ -591,3 +591,27 @@ def test_study_low_beta_row_sits_below_the_grid_and_joins_its_root():
   listed = subprocess.run(['bash', 'launch/study.sh', 'list'], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout
   assert 'prosv-grid-0' in listed and 'fssv-grid-0' in listed
+
+
+def test_study_carry_stages_only_unfinished_cells_latest_checkpoint(tmp_path):
+  """`study.sh carry` puts the newest checkpoint of each unfinished cell in git's index (so a
+  fresh checkout resumes it) and takes finished cells' and older steps' checkpoints out."""
+  import shutil
+  (tmp_path / 'launch').mkdir()
+  shutil.copy(os.path.join(ROOT, 'launch', 'study.sh'), tmp_path / 'launch' / 'study.sh')
+  git = lambda *a: subprocess.run(['git', *a], cwd=tmp_path, check=True, capture_output=True,
+                                  text=True).stdout
+  git('init', '-q')
+  grid = tmp_path / 'runs' / 'study' / 'grid'
+  for cell, steps in (('running', (10, 20)), ('finished', (72,)), ('fresh', ())):
+    (grid / cell).mkdir(parents=True)
+    for step in steps:
+      (grid / cell / 'checkpoints' / str(step)).mkdir(parents=True)
+      (grid / cell / 'checkpoints' / str(step) / 'state').write_text(f'{cell} {step}')
+  (grid / 'finished' / 'summary.json').write_text('{}')
+  git('add', '-f', 'runs/study/grid/running/checkpoints/10', 'runs/study/grid/finished/checkpoints')
+  out = subprocess.run(['bash', 'launch/study.sh', 'carry'], cwd=tmp_path, check=True,
+                       capture_output=True, text=True).stdout
+  assert 'staged runs/study/grid/running/checkpoints/20' in out
+  assert 'unstaged runs/study/grid/finished/checkpoints (finished)' in out
+  assert git('ls-files').split() == ['runs/study/grid/running/checkpoints/20/state']

@@ -227,6 +227,70 @@ def heldout_difference(a: dict, b: dict, draws: int = 2000, seed: int = 0,
               examples=int(concept.size))
 
 
+def _run_harmonics(folder: str) -> tuple[str, dict] | None:
+  """(judge, {(concept, instruction, sample): harmonic}) of a scored run's whole responses at
+  its own trained factor (launch/score_sweep.py's eval/), or None when it is not scored."""
+  from prosv_jax.eval.judge import harmonic_mean  # pylint: disable=import-outside-toplevel
+  path = os.path.join(folder, 'eval', 'ratings.jsonl')
+  if not os.path.exists(path):
+    return None
+  config = _read_json(os.path.join(folder, CONFIG_FILE)) or {}
+  method = _method_of(config.get('positions'))
+  judges, out = set(), {}
+  with open(path) as f:
+    for line in f:
+      r = json.loads(line)
+      gen_method, concept, multiplier, attack, index, sample = r['gen'].split('|')
+      if (r.get('part', 'whole') != 'whole' or gen_method != method or attack != '0'
+          or float(multiplier) != 1.0):
+        continue
+      judges.add(r['judge'])
+      out[(int(concept), int(index), int(sample))] = harmonic_mean(
+          r['concept'], r['instruction'], r['fluency'])
+  if len(judges) != 1:
+    return None
+  return judges.pop(), out
+
+
+def score_difference(folder_a: str, folder_b: str, draws: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict | None:
+  """Steering score (mean harmonic) of run a minus run b, paired on the same generations'
+  prompts, with a percentile bootstrap interval.
+
+  The statistic is the score column's: each concept's mean per-generation harmonic, then the
+  mean over concepts. As in heldout_difference the concepts stay fixed (the runs' own trained
+  concepts); a draw resamples each concept's instructions with replacement, the same ones for
+  both runs, the samples of an instruction together. None when either run is unscored; a
+  ValueError when the two were scored on different prompts or by different judges.
+
+  Returns {diff, ci: [low, high], generations}.
+  """
+  ha, hb = _run_harmonics(folder_a), _run_harmonics(folder_b)
+  if ha is None or hb is None:
+    return None
+  if ha[0] != hb[0]:
+    raise ValueError(f'the two runs were scored by different judges ({ha[0]} and {hb[0]}); '
+                     'score both with the same launch/score_sweep.py settings')
+  if set(ha[1]) != set(hb[1]):
+    raise ValueError('the two runs were scored on different instructions or concepts; score '
+                     'both with the same --config.instructions.count')
+  keys = sorted(ha[1])
+  rng = np.random.default_rng(seed)
+  concepts = sorted({k[0] for k in keys})
+  point, stats = 0.0, np.zeros(draws)
+  for c in concepts:
+    instructions = sorted({k[1] for k in keys if k[0] == c})
+    # [instructions] mean over an instruction's samples of the paired difference
+    d = np.array([np.mean([ha[1][k] - hb[1][k] for k in keys if k[:2] == (c, i)])
+                  for i in instructions])
+    point += d.mean()
+    stats += d[rng.integers(0, d.size, size=(draws, d.size))].mean(axis=1)
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(stats / len(concepts), [tail, 100 - tail])
+  return dict(diff=float(point / len(concepts)), ci=[float(low), float(high)],
+              generations=len(keys))
+
+
 def _add_heldout_pairs(root: str, rows: list[dict]) -> None:
   """heldout_vs_best (and its interval) on every finished row with per-example figures."""
   try:

@@ -487,6 +487,55 @@ def test_heldout_differences_are_paired_on_the_same_examples(tmp_path):
   assert rows['c']['heldout_vs_best_lo'] == pytest.approx(pair['ci'][0])
 
 
+def test_score_differences_are_paired_on_the_same_prompts(tmp_path):
+  """score_difference: one run's mean harmonic (per concept, then over concepts) minus
+  another's, from their eval/ratings.jsonl, resampling instructions within each concept; the
+  ratings of other methods, factors and parts are not the run's score."""
+  from prosv_jax.eval.judge import harmonic_mean
+  rng = np.random.default_rng(0)
+
+  def scored(name, positions, ratings, judge='offline:j'):
+    folder = tmp_path / name
+    (folder / 'eval').mkdir(parents=True)
+    (folder / 'config.json').write_text(json.dumps({'positions': positions}))
+    method = 'fssv' if positions == 'all' else 'prosv'
+    lines = []
+    for (c, i, s), r in ratings.items():
+      gen = f'{method}|{c}|1|0|{i}|{s}'
+      lines.append({'key': f'{judge}|{gen}', 'judge': judge, 'gen': gen, 'part': 'whole',
+                    **dict(zip(('concept', 'instruction', 'fluency'), r))})
+      # noise the score must ignore: another factor, a half, an attack
+      for other in (f'{method}|{c}|2|0|{i}|{s}', f'{method}|{c}|1|1|{i}|{s}'):
+        lines.append({'judge': judge, 'gen': other, 'part': 'whole', 'concept': 0.0,
+                      'instruction': 0.0, 'fluency': 0.0})
+      lines.append({'judge': judge, 'gen': gen, 'part': 'first', 'concept': 0.0,
+                    'instruction': 0.0, 'fluency': 0.0})
+    (folder / 'eval' / 'ratings.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+    return str(folder)
+
+  keys = [(c, i, s) for c in (0, 1) for i in range(6 if c == 0 else 4) for s in (0, 1)]
+  a_r = {k: tuple(rng.choice([0.5, 1.0, 1.5, 2.0], size=3)) for k in keys}
+  b_r = {k: tuple(rng.choice([0.5, 1.0, 1.5, 2.0], size=3)) for k in keys}
+  a, b = scored('a', 'p2+s2', a_r), scored('b', 'all', b_r)
+  same = study.score_difference(a, scored('a2', 'p2+s2', a_r))
+  assert same['diff'] == 0.0 and same['ci'] == [0.0, 0.0]
+  pair = study.score_difference(a, b)
+  h = lambda r, c: np.mean([harmonic_mean(*r[k]) for k in keys if k[0] == c])
+  assert pair['diff'] == pytest.approx(np.mean([h(a_r, c) - h(b_r, c) for c in (0, 1)]))
+  assert pair['ci'][0] < pair['diff'] < pair['ci'][1] and pair['generations'] == len(keys)
+  assert study.score_difference(a, str(tmp_path)) is None  # no eval/: not scored
+  with pytest.raises(ValueError, match='different instructions'):
+    study.score_difference(a, scored('c', 'all', {k: b_r[k] for k in keys[:-2]}))
+  with pytest.raises(ValueError, match='different judges'):
+    study.score_difference(a, scored('d', 'all', b_r, judge='api:x'))
+  # launch/pair.py prints both figures (the held-out one missing here, with its fix)
+  for folder in (a, b):
+    (tmp_path / folder / 'summary.json').write_text('{"steps": 1, "total_steps": 1}')
+  out = subprocess.run([sys.executable, 'launch/pair.py', a, b], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout
+  assert f'score: {pair["diff"]:+.4f}' in out and 'held-out loss: missing' in out
+
+
 def test_plots_are_written(swept, tmp_path):
   root, _ = swept
   rows = study.collect(root)

@@ -73,7 +73,8 @@ gemma-grid      3 x 1 (gemma3-270m)            PrOSV's chosen cell on gemma3-270
                                                {0.25, 1, 4} (concept 0)
 gemma-width     1 x 1 (gemma3-270m)            the same cell under the width rule, unchanged
 score           -                              offline-judge score of every finished cell
-collect         -                              CSVs and heatmaps under docs/study/
+collect         -                              CSVs and heatmaps (held-out gain, score)
+                                               under docs/study/
 carry           -                              stage unfinished cells' latest checkpoints
                                                for git (then commit), unstage finished ones'
 EOF
@@ -161,6 +162,11 @@ EOF
       [ -f "docs/study/${m}_beta_lr.csv" ] || continue
       python launch/plot_study.py --csv="docs/study/${m}_beta_lr.csv" --kind=heatmap \
         --metric=heldout_gain --out="docs/study/${m}_beta_lr_heldout.png"
+      # the offline judge's score of each cell (the score piece), where it has run
+      if grep -q ',score' <(head -1 "docs/study/${m}_beta_lr.csv"); then
+        python launch/plot_study.py --csv="docs/study/${m}_beta_lr.csv" --kind=heatmap \
+          --metric=score --out="docs/study/${m}_beta_lr_score.png"
+      fi
     done
     ;;
   *)

@@ -10,11 +10,10 @@ and judge). A figure either run lacks is reported as missing with the command th
 """
 
 import os
-import sys
 
 from absl import app
 
-from prosv_jax import study
+from prosv_jax import study, sweep
 from prosv_jax.train.workdir import SUMMARY_FILE
 
 
@@ -34,8 +33,7 @@ def main(argv):
       raise SystemExit(f'error: {folder} has no {SUMMARY_FILE}; pass the folder of a finished '
                        'run (launch/train.py or launch/sweep.py)')
   try:
-    held = study.heldout_difference(study._read_json(os.path.join(a, SUMMARY_FILE)),  # pylint: disable=protected-access
-                                    study._read_json(os.path.join(b, SUMMARY_FILE)))  # pylint: disable=protected-access
+    held = study.heldout_difference(sweep.read_summary(a), sweep.read_summary(b))
     score = study.score_difference(a, b)
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
@@ -48,4 +46,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.exit(app.run(main))
+  app.run(main)

@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from prosv_jax import sweep
+from prosv_jax.eval.scores import percentile_interval
 from prosv_jax.train.workdir import CHECKPOINT_DIR, CONFIG_FILE, SUMMARY_FILE
 
 # Config keys every row carries, swept or not: what the plots group and label by.
@@ -221,16 +222,17 @@ def heldout_difference(a: dict, b: dict, draws: int = 2000, seed: int = 0,
     point += d.sum() / t.sum()
     pick = rng.integers(0, idx.size, size=(draws, idx.size))
     stats += d[pick].sum(axis=1) / t[pick].sum(axis=1)
-  tail = (1 - level) / 2 * 100
-  low, high = np.percentile(stats / len(groups), [tail, 100 - tail])
-  return dict(diff=float(point / len(groups)), ci=[float(low), float(high)],
+  return dict(diff=float(point / len(groups)),
+              ci=list(percentile_interval(stats / len(groups), level)),
               examples=int(concept.size))
 
 
 def _run_harmonics(folder: str) -> tuple[str, dict] | None:
   """(judge, {(concept, instruction, sample): harmonic}) of a scored run's whole responses at
   its own trained factor (launch/score_sweep.py's eval/), or None when it is not scored."""
-  from prosv_jax.eval.judge import harmonic_mean  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from prosv_jax.eval.judge import harmonic_mean
+  from prosv_jax.eval.steering import parse_gen_key
   path = os.path.join(folder, 'eval', 'ratings.jsonl')
   if not os.path.exists(path):
     return None
@@ -240,12 +242,12 @@ def _run_harmonics(folder: str) -> tuple[str, dict] | None:
   with open(path) as f:
     for line in f:
       r = json.loads(line)
-      gen_method, concept, multiplier, attack, index, sample = r['gen'].split('|')
-      if (r.get('part', 'whole') != 'whole' or gen_method != method or attack != '0'
-          or float(multiplier) != 1.0):
+      group, index, sample = parse_gen_key(r['gen'])
+      if (r.get('part', 'whole') != 'whole' or group.method != method or group.attack
+          or group.multiplier != 1.0):
         continue
       judges.add(r['judge'])
-      out[(int(concept), int(index), int(sample))] = harmonic_mean(
+      out[(group.concept_id, index, sample)] = harmonic_mean(
           r['concept'], r['instruction'], r['fluency'])
   if len(judges) != 1:
     return None
@@ -274,21 +276,18 @@ def score_difference(folder_a: str, folder_b: str, draws: int = 2000, seed: int 
   if set(ha[1]) != set(hb[1]):
     raise ValueError('the two runs were scored on different instructions or concepts; score '
                      'both with the same --config.instructions.count')
-  keys = sorted(ha[1])
+  by_instruction = {}  # concept -> instruction -> the paired differences of its samples
+  for (c, i, _), ra in sorted(ha[1].items()):
+    by_instruction.setdefault(c, {}).setdefault(i, []).append(ra - hb[1][(c, i, _)])
   rng = np.random.default_rng(seed)
-  concepts = sorted({k[0] for k in keys})
   point, stats = 0.0, np.zeros(draws)
-  for c in concepts:
-    instructions = sorted({k[1] for k in keys if k[0] == c})
-    # [instructions] mean over an instruction's samples of the paired difference
-    d = np.array([np.mean([ha[1][k] - hb[1][k] for k in keys if k[:2] == (c, i)])
-                  for i in instructions])
+  for per_instruction in by_instruction.values():
+    d = np.array([np.mean(v) for v in per_instruction.values()])  # [instructions]
     point += d.mean()
     stats += d[rng.integers(0, d.size, size=(draws, d.size))].mean(axis=1)
-  tail = (1 - level) / 2 * 100
-  low, high = np.percentile(stats / len(concepts), [tail, 100 - tail])
-  return dict(diff=float(point / len(concepts)), ci=[float(low), float(high)],
-              generations=len(keys))
+  concepts = len(by_instruction)
+  return dict(diff=float(point / concepts),
+              ci=list(percentile_interval(stats / concepts, level)), generations=len(ha[1]))
 
 
 def _add_heldout_pairs(root: str, rows: list[dict]) -> None:

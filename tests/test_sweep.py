@@ -492,6 +492,9 @@ def test_score_differences_are_paired_on_the_same_prompts(tmp_path):
   another's, from their eval/ratings.jsonl, resampling instructions within each concept; the
   ratings of other methods, factors and parts are not the run's score."""
   from prosv_jax.eval.judge import harmonic_mean
+  from prosv_jax.eval.steering import Group, gen_key, parse_gen_key
+  group = Group('prosv', 3, 0.5, True)
+  assert parse_gen_key(gen_key(group, 7, 1)) == (group, 7, 1)  # the store's key, read back
   rng = np.random.default_rng(0)
 
   def scored(name, positions, ratings, judge='offline:j'):

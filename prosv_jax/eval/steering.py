@@ -136,6 +136,13 @@ def gen_key(group: Group, index: int, sample: int) -> str:
   return f'{group.key()}|{index}|{sample}'
 
 
+def parse_gen_key(key: str) -> tuple[Group, int, int]:
+  """gen_key's inverse: (group, instruction index, sample) of a stored generation's key."""
+  method, concept, multiplier, attack, index, sample = key.split('|')
+  return (Group(method, int(concept), float(multiplier), bool(int(attack))), int(index),
+          int(sample))
+
+
 def prompt_text(setup: Setup, group: Group, instruction: str, index: int) -> str:
   concept = setup.descriptions[group.concept_id]
   text = prompts.avoid(instruction, concept, index) if group.attack else instruction

@@ -3,6 +3,8 @@
   python launch/collect.py --root=workdirs/sweeps/beta_lr --out=workdirs/sweeps/beta_lr/study.csv
   # and the cell a study picks (lowest loss on held-out positives), as --config flags
   python launch/collect.py --root=workdirs/sweeps/beta_lr --best=heldout_loss
+  # and the finished runs as a markdown table, per concept (docs/STUDY.md's tables)
+  python launch/collect.py --root=workdirs/sweeps/beta_lr --markdown
 
 With --best=heldout_loss it also prints every run's held-out loss minus the best's with a
 paired 95% interval (runs whose summaries keep per-example figures; launch/heldout.py adds
@@ -21,6 +23,8 @@ OUT = flags.DEFINE_string('out', None, 'The CSV to write (default: <root>/study.
 BEST = flags.DEFINE_string('best', '', 'Also print the finished run with the lowest value of '
                            'this column (highest for score*), e.g. heldout_loss, and its swept '
                            'keys as --config flags for the next sweep.')
+MARKDOWN = flags.DEFINE_bool('markdown', False, 'Also print the finished runs as the study\'s '
+                              'markdown table (prosv_jax.study.markdown), per concept.')
 flags.mark_flags_as_required(['root'])
 
 
@@ -36,6 +40,8 @@ def main(argv):
     counts[r['status']] = counts.get(r['status'], 0) + 1
   print(f'{len(rows)} runs ({", ".join(f"{v} {k}" for k, v in sorted(counts.items()))}) '
         f'-> {out}')
+  if MARKDOWN.value:
+    print(study.markdown(ROOT.value, rows))
   if BEST.value:
     try:
       row = study.best(rows, BEST.value)

@@ -306,6 +306,72 @@ def _add_heldout_pairs(root: str, rows: list[dict]) -> None:
                  heldout_vs_best_hi=pair['ci'][1])
 
 
+def _per_concept(values, fmt: str) -> str:
+  """'1.05 / 1.35': one figure per trained concept, as the study's tables show them."""
+  if values is None:
+    return ''
+  values = values if isinstance(values, list) else [values]
+  return ' / '.join('-' if v is None else format(float(v), fmt) for v in values)
+
+
+def markdown(root: str, rows: list[dict] | None = None) -> str:
+  """The study's table of one sweep root (docs/STUDY.md), one line per finished run.
+
+  Columns: the swept keys (sweep.json), then per trained concept the held-out loss change
+  against unsteered, the mean held-out loss and its paired difference to the selected run,
+  the edit's RMS over the residual's at the steered positions (summary's edit_rms_ratio), the
+  trained factor and direction norm, the direction's cosine to its draw, training seconds,
+  and the offline judge's concept / instruction / fluency -> harmonic of the run's method.
+  """
+  rows = collect(root) if rows is None else rows
+  manifest = sweep.read_manifest(root).get('runs', {})
+  axes = []
+  for row in rows:
+    axes += [k for k in manifest.get(row['run'], {}).get('overrides', {}) if k not in axes]
+  try:
+    chosen = best(rows)['run']
+  except ValueError:
+    chosen = None
+  head = [*axes, 'held-out change', 'mean held-out loss', 'vs best [95% interval]',
+          'edit ratio', 'factor', 'direction norm', 'cosine to init', 'train s',
+          'score: concept / instruction / fluency -> harmonic']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for row in rows:
+    if row.get('status') != 'done':
+      continue
+    folder = os.path.join(root, row['run'])
+    summary = _read_json(os.path.join(folder, SUMMARY_FILE)) or {}
+    held, base = summary.get('heldout_loss'), summary.get('heldout_loss_unsteered')
+    change = ([None if h is None or b is None else h - b for h, b in zip(held, base)]
+              if held and base else None)
+    if row['run'] == chosen:
+      versus = '**best**'
+    elif row.get('heldout_vs_best') is not None:
+      versus = (f'{row["heldout_vs_best"]:+.4f} [{row["heldout_vs_best_lo"]:+.4f}, '
+                f'{row["heldout_vs_best_hi"]:+.4f}]')
+    else:
+      versus = ''
+    score = ''
+    for path in (os.path.join(folder, RESULTS), os.path.join(folder, 'eval', RESULTS)):
+      methods = (_read_json(path) or {}).get('methods') or {}
+      own = methods.get(_method_of(row.get('positions'))) or {}
+      mean = own.get('mean') or {}
+      if mean.get('harmonic') is not None:
+        score = (f'{mean["concept"]:.2f} / {mean["instruction"]:.2f} / {mean["fluency"]:.2f} '
+                 f'-> {mean["harmonic"]:.2f}')
+        break
+    held_mean = _number(row.get('heldout_loss'))
+    cells = [*(str(row.get(k, '')) for k in axes), _per_concept(change, '+.3f'),
+             '' if held_mean is None else f'{held_mean:.4f}', versus,
+             _per_concept(summary.get('edit_rms_ratio'), '.2f'),
+             _per_concept(summary.get('factor'), '.1f'),
+             _per_concept(summary.get('direction_norm'), '.1f'),
+             _per_concept(summary.get('direction_cosine_to_init'), '+.2f'),
+             f'{summary["train_s"]:.0f}' if summary.get('train_s') else '', score]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def best(rows: list[dict], metric: str = SELECT_BY) -> dict:
   """The finished row with the lowest `metric` (the highest for score columns)."""
   done = [r for r in rows if r.get('status') == 'done' and _number(r.get(metric)) is not None]

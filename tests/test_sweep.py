@@ -447,6 +447,29 @@ def test_rows_carry_the_heldout_figures_a_study_selects_by(tmp_path):
   assert study.best(rows, 'heldout_gain_c0')['run'] == 'a'
 
 
+def test_markdown_table_shows_each_concept_and_the_runs_score(tmp_path):
+  def run(name, held, factor, harmonic=None):
+    folder = tmp_path / name
+    (folder / 'eval').mkdir(parents=True)
+    (folder / 'config.json').write_text(json.dumps({'positions': 'p2+s2'}))
+    (folder / 'summary.json').write_text(json.dumps({
+        'steps': 72, 'total_steps': 72, 'concept_ids': [0, 1], 'factor': [factor, 2.0],
+        'direction_norm': [10.0, 20.0], 'edit_rms_ratio': [1.25, 0.5], 'train_s': 99.6,
+        'heldout_loss': held, 'heldout_loss_unsteered': [2.4, 3.4]}))
+    if harmonic is not None:
+      (folder / 'eval' / 'results.json').write_text(json.dumps({'methods': {'prosv': {'mean': {
+          'concept': 1.5, 'instruction': 1.25, 'fluency': 2.0, 'harmonic': harmonic}}}}))
+  run('a', [2.2, 3.0], 24.0, harmonic=1.375)
+  run('b', [2.3, 2.8], 96.0)
+  (tmp_path / 'c').mkdir()  # not started: no line
+  lines = study.markdown(str(tmp_path)).splitlines()
+  assert len(lines) == 4 and lines[0].startswith('| held-out change |')
+  a, b = lines[2], lines[3]
+  assert '| -0.200 / -0.400 | 2.6000 |' in a and '| 1.25 / 0.50 | 24.0 / 2.0 |' in a
+  assert a.endswith('| 100 | 1.50 / 1.25 / 2.00 -> 1.38 |')
+  assert '| 2.5500 | **best** |' in b and b.endswith('| 100 |  |')
+
+
 def test_heldout_differences_are_paired_on_the_same_examples(tmp_path):
   """heldout_difference: the heldout_loss statistic (token-mean per concept, then the mean over
   concepts) of one run minus another's, resampling examples within each concept."""

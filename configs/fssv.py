@@ -11,6 +11,7 @@ Variants (prosv_jax.train.config.VARIANTS) take the METHOD.md 'all' rows:
 
   python launch/train.py --config=configs/fssv.py:gemma2_9b   # L20, beta 2, factor LR 0.1, 18 ep
   # also: smollm2, gemma3_270m, gemma2_2b, qwen25_32b; none = the default above
+  # smollm2: SmolLM2 with the study's own row (docs/STUDY.md), not the paper's
 
   python launch/sweep.py --config=configs/fssv.py:smollm2 --sweep=beta_lr \
       --root=workdirs/sweeps/fssv_beta_lr

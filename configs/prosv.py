@@ -12,6 +12,7 @@ Variants (prosv_jax.train.config.VARIANTS) pick a model, its layer and its METHO
 
   python launch/train.py --config=configs/prosv.py:gemma2_9b   # gemma-2-9b-it L20, beta 2 ...
   # also: smollm2, gemma3_270m, gemma2_2b, qwen25_32b; none = the default above
+  # smollm2: SmolLM2 with the study's own row (docs/STUDY.md), not the paper's
 
 Sweeps (get_sweep) run with launch/sweep.py:
 

@@ -10,6 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from prosv_jax import study
 from prosv_jax.errors import ProsvError
 from prosv_jax.train import optim
 from prosv_jax.train.config import VARIANTS, base_config, check_config, method_config
@@ -174,7 +175,11 @@ def test_every_variant_matches_the_paper_table(method, monkeypatch):
       assert c.optim.base_width == variant.width  # tuned on this model: used as given
       assert optim.scaled_lrs(c.optim, variant.width) == (c.optim.factor_lr,
                                                           c.optim.direction_lr)
-    else:  # the small packaged models take gemma-2-2b's row, stated at gemma-2-2b's width
+    elif name == 'smollm2':  # the study's own rows (docs/STUDY.md), stated at 2304 like its grids
+      assert got == {'prosv': (1 / 16, 10, 1, 0.08, 12, 12),
+                     'fssv': (1, 1, 1, 0.04, 12, 12)}[method]
+      assert c.optim.base_width == 2304
+    else:  # gemma3-270m takes gemma-2-2b's row, stated at gemma-2-2b's width
       assert got == table['gemma2_2b', method], name
       assert c.optim.base_width == 2304
     assert c.layer == variant.layer
@@ -188,18 +193,23 @@ def test_every_variant_matches_the_paper_table(method, monkeypatch):
 
 def test_small_models_derive_their_lrs_by_the_width_rule():
   # gemma-2-2b's row at width 2304 -> SmolLM2 at 576: factor LR 10 * (1/4)**0.5 = 5 and
-  # direction LR 0.04 * (1/4)**-0.5 = 0.08; the default config is the smollm2 variant.
-  for argv in (['t', '--config=configs/prosv.py'], ['t', '--config=configs/prosv.py:smollm2']):
-    c = parse_config(argv)
-    assert optim.scaled_lrs(c.optim, 576) == pytest.approx((5.0, 0.08))
+  # direction LR 0.04 * (1/4)**-0.5 = 0.08 (the default config: the paper's row on SmolLM2).
+  c = parse_config(['t', '--config=configs/prosv.py'])
+  assert optim.scaled_lrs(c.optim, 576) == pytest.approx((5.0, 0.08))
+  # The smollm2 variant's study row is stated at 2304 too: factor LR 10 -> 5, 0.08 -> 0.16.
+  s = parse_config(['t', '--config=configs/prosv.py:smollm2'])
+  assert optim.scaled_lrs(s.optim, 576) == pytest.approx((5.0, 0.16))
+  assert (s.steer.beta, s.steer.direction_scale, s.positions) == (1 / 16, 1.0, 'p2+s2')
   f = parse_config(['t', '--config=configs/fssv.py'])
   assert optim.scaled_lrs(f.optim, 576) == pytest.approx((0.5, 0.08))
   g = parse_config(['t', '--config=configs/prosv.py:gemma3_270m'])
   assert optim.scaled_lrs(g.optim, 640) == pytest.approx((10 * (640 / 2304) ** 0.5,
                                                           0.04 * (640 / 2304) ** -0.5))
-  default = {k: v for k, v in base_config().to_dict().items() if k != 'workdir'}
-  variant = {k: v for k, v in parse_config(argv).to_dict().items() if k != 'workdir'}
-  assert variant == default
+  # The variant differs from the default in its row alone.
+  default = study.flatten(base_config().to_dict())
+  variant = study.flatten(s.to_dict())
+  assert {k for k in default if default[k] != variant[k]} == {
+      'workdir', 'steer.beta', 'steer.direction_scale', 'optim.direction_lr'}
 
 
 def test_paper_faithful_data_defaults():

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
   The LRs are the gemma-2-2b row's, stated at its width (optim.base_width = 2304), so on
   SmolLM2 (width 576) the width rule gives factor LR 10 * (576/2304)**0.5 = 5 and direction
   LR 0.04 * (576/2304)**-0.5 = 0.08. That is this project's reading of the paper's scaling
-  argument; the authors set LRs per model by hand. The 'smollm2' variant is this config.
+  argument; the authors set LRs per model by hand. The 'smollm2' variant keeps this model and
+  layer but takes the study's rows, tuned on SmolLM2 itself (STUDY_SMOLLM2_PROSV).
   """
   c = ml_collections.ConfigDict()
   c.model = 'smollm2-135m-instruct'  # embedded name, gemma3-270m, .gguf, HF folder, hf:<repo>
@@ -152,7 +153,8 @@ class Variant:
     model: a model spec load_model accepts (e.g. 'gemma3-270m', resolved when it loads).
     layer: the steered block (0-indexed).
     width: the model's hidden width n.
-    prosv: beta, factor_lr, direction_scale, direction_lr, epochs, batch_size for p2+s2.
+    prosv: beta, factor_lr, direction_scale, direction_lr, epochs, batch_size (and
+      positions where it is not p2+s2).
     fssv: the same for 'all' positions.
     chat_template: for base models without one (prosv_jax.chat.TEMPLATES).
     lr_width: the width the rows' LRs are stated at (optim.base_width); 0 = `width`, i.e. a
@@ -172,20 +174,34 @@ class Variant:
     return self.lr_width or self.width
 
 
-def _row(beta, factor_lr, direction_scale, direction_lr, epochs, batch_size) -> dict:
-  return dict(beta=float(beta), factor_lr=float(factor_lr),
-              direction_scale=float(direction_scale), direction_lr=float(direction_lr),
-              epochs=epochs, batch_size=batch_size)
+def _row(beta, factor_lr, direction_scale, direction_lr, epochs, batch_size,
+         positions='') -> dict:
+  row = dict(beta=float(beta), factor_lr=float(factor_lr),
+             direction_scale=float(direction_scale), direction_lr=float(direction_lr),
+             epochs=epochs, batch_size=batch_size)
+  if positions:
+    row['positions'] = positions
+  return row
 
 
 _SMALL_PROSV = _row(**PAPER_GEMMA2_2B_L10, epochs=12, batch_size=12)
 _SMALL_FSSV = _row(**FSSV_GEMMA2_2B_L10, epochs=12, batch_size=12)
-# METHOD.md section 2 (the authors' final settings) and the small packaged models, which have
-# no tuned row of their own: they take gemma-2-2b's row stated at gemma-2-2b's width, so the
-# width rule derives their LRs (PrOSV on SmolLM2: factor LR 5, direction LR 0.08).
+# SmolLM2-135M-Instruct L10's own rows, chosen by the study (docs/STUDY.md, launch/study.sh)
+# on the held-out positives of Concept10 2b_l10 concepts 0 and 1 at the full budget, LRs
+# stated at 2304 like the grids': PrOSV's (beta, factor LR) pick sits at beta 1/16 (the paper's
+# beta 4 makes an edit 6-8x the residual that overwrites the instruction), its direction
+# grid's at s 1 / direction LR 0.08 (all four (s, LR) cells within 0.01 of each other), at
+# p2+s2 (its positions grid); FSSV's (beta, factor LR) pick is beta 1 / factor LR 1, at the
+# paper's s 1 / direction LR 0.04 (FSSV's direction grid not run: PrOSV's found no effect).
+STUDY_SMOLLM2_PROSV = _row(1 / 16, 10, 1, 0.08, 12, 12)
+STUDY_SMOLLM2_FSSV = _row(1, 1, 1, 0.04, 12, 12)
+# METHOD.md section 2 (the authors' final settings). gemma3-270m has no tuned row of its own:
+# it takes gemma-2-2b's row stated at gemma-2-2b's width, so the width rule derives its LRs.
+# configs/{prosv,fssv}.py without a variant run those paper rows on SmolLM2 too (factor LR 5,
+# direction LR 0.08 for PrOSV); the 'smollm2' variant runs the study's rows.
 VARIANTS = {
-    'smollm2': Variant('smollm2-135m-instruct', 10, 576, _SMALL_PROSV, _SMALL_FSSV,
-                       lr_width=GEMMA2_2B_WIDTH),
+    'smollm2': Variant('smollm2-135m-instruct', 10, 576, STUDY_SMOLLM2_PROSV,
+                       STUDY_SMOLLM2_FSSV, lr_width=GEMMA2_2B_WIDTH),
     # 18 blocks; 9 is the middle, like the paper's L10 of 26 (2b) and L20 of 42 (9b).
     'gemma3_270m': Variant('gemma3-270m', 9, 640, _SMALL_PROSV, _SMALL_FSSV, 'gemma',
                            lr_width=GEMMA2_2B_WIDTH),
@@ -203,6 +219,8 @@ def _set_row(c, row: dict):
   c.optim.factor_lr, c.optim.direction_lr = row['factor_lr'], row['direction_lr']
   if 'epochs' in row:
     c.train.epochs, c.train.batch_size = row['epochs'], row['batch_size']
+  if 'positions' in row:
+    c.positions = row['positions']
 
 
 def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
@@ -210,11 +228,12 @@ def variant_config(method: str, variant: str = '') -> ml_collections.ConfigDict:
 
   Args:
     method: 'prosv' or 'fssv'.
-    variant: a key of VARIANTS, or '' for method_config(method) unchanged ('smollm2' but for
-      its workdir).
+    variant: a key of VARIANTS, or '' for method_config(method) unchanged (the paper's row on
+      SmolLM2; 'smollm2' is the same model with the study's row).
 
   Returns:
-    An unlocked config with the variant's model, layer, hyperparameters and base width.
+    An unlocked config with the variant's model, layer, hyperparameters (positions too, where
+    its row names them) and base width.
   """
   c = method_config(method)
   if not variant:

@@ -320,6 +320,20 @@ def test_methods_with_a_training_preset(tmp_path, tiny, monkeypatch):
   assert sub['methods']['prosv:tinyp']['per_concept']['1'] == \
       methods['prosv:tinyp']['per_concept']['1']
 
+  # The default FSSV against the preset's PrOSV when that is the one PrOSV named: the same
+  # stores, its difference and verdict under 'across'.
+  mixed = evaluate(sweep.apply(config, {'methods': 'unsteered,fssv,prosv:tinyp',
+                                        'results_name': 'mixed'}), model, judge)
+  assert judge.rated == 0
+  vs = mixed['methods']['fssv']['vs_prosv']
+  assert vs['reference'] == 'prosv:tinyp'
+  assert vs['diff'] == pytest.approx(mean['fssv'] - mean['prosv:tinyp'])
+  across = mixed['verdict']['across']['prosv:tinyp vs fssv']
+  assert across['harmonic']['prosv_minus_fssv'] == pytest.approx(-vs['diff'])
+  assert 'harmonic' not in mixed['verdict'] and 'presets' not in mixed['verdict']
+  table = (tmp_path / 'ev' / 'mixed.md').read_text()
+  assert "at least FSSV's (prosv:tinyp against fssv)?" in table
+
 
 @pytest.mark.parametrize('methods, match', [
     ('unsteered:smollm2', 'has no vectors'),

@@ -26,7 +26,8 @@ def eval_config() -> ml_collections.ConfigDict:
   # Any of: unsteered,prompting,fssv,fssv_grid,prosv,prosv_grid. A vector method may name the
   # training preset of its vectors: prosv:smollm2 is PrOSV trained with configs/prosv.py:smollm2
   # (in workdir/train_prosv-smollm2), evaluated beside the default presets' prosv; FSSV of a
-  # preset is compared with PrOSV of that preset, and the verdict answers for each preset.
+  # preset is compared with PrOSV of that preset (else the default PrOSV, else the one PrOSV
+  # evaluated), and the verdict answers for each such pair.
   c.methods = ','.join(METHODS)
   # The unsteered and prompting baselines' chat template (vector methods always use the one
   # their vectors were trained with): 'vectors' = that same one (the vector sets must agree),

@@ -443,16 +443,29 @@ def verdict(results: dict, stats) -> dict:
     (scores.concept_bootstrap); PrOSV keeps at most half of FSSV's utility loss when the
     interval lies below 0.
   An interval that spans 0 does not separate the two: said as such, not rounded to a yes.
-  The default presets' answers are at the top level; those of each training preset evaluated
-  for both methods (prosv:P and fssv:P) under presets[P].
+  Every FSSV is paired with the PrOSV its difference was taken against (reference_of): the
+  default presets' answers are at the top level, those of a training preset evaluated for
+  both methods (prosv:P and fssv:P) under presets[P], and any other pair (e.g. the paper's
+  FSSV against the study's PrOSV) under across['prosv:P vs fssv'].
   """
-  out = _verdict_pair(results, 'prosv', 'fssv', stats)
-  variants = {split_method(m)[1] for m in results.get('methods', {})} - {''}
-  presets = {v: _verdict_pair(results, f'prosv:{v}', f'fssv:{v}', stats)
-             for v in sorted(variants)}
-  presets = {v: p for v, p in presets.items() if p}
+  methods = results.get('methods', {})
+  out, presets, across = {}, {}, {}
+  for fssv, res in methods.items():
+    prosv = (res.get('vs_prosv') or {}).get('reference')
+    if split_method(fssv)[0] != 'fssv' or not prosv:
+      continue
+    pair = _verdict_pair(results, prosv, fssv, stats)
+    variant = split_method(fssv)[1]
+    if (prosv, fssv) == ('prosv', 'fssv'):
+      out.update(pair)
+    elif split_method(prosv)[1] == variant and variant:
+      presets[variant] = pair
+    elif pair:
+      across[f'{prosv} vs {fssv}'] = pair
   if presets:
-    out['presets'] = presets
+    out['presets'] = dict(sorted(presets.items()))
+  if across:
+    out['across'] = across
   return out
 
 

@@ -122,6 +122,8 @@ def _verdict(results: dict) -> list[str]:
   lines = _verdict_lines(v, '')
   for preset, answers in (v.get('presets') or {}).items():
     lines += _verdict_lines(answers, f' (preset {preset})')
+  for pair, answers in (v.get('across') or {}).items():
+    lines += _verdict_lines(answers, f' ({pair.replace(" vs ", " against ")})')
   return ['**Verdict**:', '', *lines, ''] if lines else []
 
 

@@ -56,11 +56,15 @@ def grid_of(method: str) -> str | None:
 def reference_of(method: str, methods) -> str | None:
   """The PrOSV a method's difference is taken against: the PrOSV of its own preset when that
   is evaluated (so FSSV of a preset is compared with PrOSV of the same preset), else the
-  default PrOSV; None for that PrOSV itself or when it is not evaluated."""
+  default PrOSV, else the one PrOSV evaluated (so 'fssv,prosv:smollm2' compares the paper's
+  FSSV with the study's PrOSV); None for that PrOSV itself or when there is none."""
   _, variant = split_method(method)
   for ref in (_with_variant('prosv', variant), 'prosv'):
     if ref in methods and ref != method:
       return ref
+  others = [m for m in methods if split_method(m)[0] == 'prosv']
+  if len(others) == 1 and others[0] != method:
+    return others[0]
   return None
 # What a rating rates: the whole response, or the first or second half of its tokens (does a
 # prompt-only edit fade as the response goes on?).

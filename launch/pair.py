@@ -4,16 +4,20 @@ a 95% bootstrap interval over the same examples (prosv_jax/study.py).
   python launch/pair.py runs/study/prosv_beta_lr/beta0.0625_flr10 runs/study/fssv_beta_lr/beta1_flr1
 
 Held-out loss: the token-mean loss on AxBench's held-out positives of each trained concept
-(lower is better; the runs must share their data and concepts). Score: the mean harmonic of
+(lower is better; the runs must share their data and concepts). A folder of one-concept runs,
+such as an evaluation's training folder, counts as one run of all its concepts, and each
+concept's own difference is printed too:
+
+  python launch/pair.py runs/eval_concept10/train_prosv-smollm2 runs/eval_concept10/train_prosv
+ Score: the mean harmonic of
 each run's own evaluation by launch/score_sweep.py (higher is better; the same instructions
 and judge). A figure either run lacks is reported as missing with the command that adds it.
 """
 
-import os
 
 from absl import app
 
-from prosv_jax import study, sweep
+from prosv_jax import study
 from prosv_jax.train.workdir import SUMMARY_FILE
 
 
@@ -24,22 +28,43 @@ def _line(name: str, pair: dict | None, unit: str, missing: str) -> str:
           f'(a - b, 95% paired interval over {pair[unit]} {unit})')
 
 
+def _only(summary: dict, cids) -> dict:
+  """The summary's held-out examples of the given concepts."""
+  each = summary['heldout_examples']
+  keep = [i for i, c in enumerate(each['concept']) if c in cids]
+  return {'heldout_examples': {k: [v[i] for i in keep] for k, v in each.items()},
+          'concept_ids': [c for c in summary['concept_ids'] if c in cids]}
+
+
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError('give two run folders: python launch/pair.py RUN_A RUN_B')
   a, b = argv[1:]
-  for folder in (a, b):
-    if not os.path.exists(os.path.join(folder, SUMMARY_FILE)):
-      raise SystemExit(f'error: {folder} has no {SUMMARY_FILE}; pass the folder of a finished '
-                       'run (launch/train.py or launch/sweep.py)')
   try:
-    held = study.heldout_difference(sweep.read_summary(a), sweep.read_summary(b))
+    summaries = [study.runs_summary(folder) for folder in (a, b)]
+    for folder, summary in zip((a, b), summaries):
+      if summary is None:
+        raise ValueError(f'{folder} has no {SUMMARY_FILE}, nor runs with one; pass the folder '
+                         'of a finished run (launch/train.py or launch/sweep.py)')
+    # Folders of one-concept runs pair on the concepts both have finished.
+    ids = [s.get('concept_ids') or [] for s in summaries]
+    common = [c for c in ids[0] if c in ids[1]]
+    if ids[0] != ids[1] and common and all(study.has_heldout_examples(s) for s in summaries):
+      print(f'concepts both runs hold: {common} (a: {ids[0]}, b: {ids[1]})')
+      summaries = [_only(s, common) for s in summaries]
+    held = study.heldout_difference(*summaries)
     score = study.score_difference(a, b)
+    per_concept = []
+    if held is not None and len(common) > 1:
+      per_concept = [(c, study.heldout_difference(*[_only(s, [c]) for s in summaries]))
+                     for c in common]
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
   print(f'a = {a}\nb = {b}')
   print(_line('held-out loss', held, 'examples',
               'per-example figures: python launch/heldout.py --root=<its sweep root>'))
+  for cid, pair in per_concept:
+    print(_line(f'  concept {cid}', pair, 'examples', ''))
   print(_line('score', score, 'generations',
               'python launch/score_sweep.py --root=<its sweep root> '
               '--config.instructions.count=10'))

@@ -193,6 +193,44 @@ def _heldout_sums(summary: dict):
   return (np.asarray(each['concept']), tokens, np.asarray(each['loss'], np.float64) * tokens)
 
 
+def runs_summary(folder: str) -> dict | None:
+  """A run's held-out figures (summary.json's), or for a folder of finished runs (an
+  evaluation's train_<method>/concept*) one summary joining theirs, so the concepts of
+  separate runs pair like those of one run; examples are labelled by concept id. None when
+  neither is there."""
+  own = sweep.read_summary(folder)
+  runs = [own] if own is not None else [
+      sweep.read_summary(os.path.join(folder, name))
+      for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name))]
+  runs = [r for r in runs if r is not None]
+  if not runs:
+    return None
+  joined = {'concept_ids': [], 'heldout_loss': [], 'heldout_examples': None}
+  keep = all(_heldout_sums(r) is not None for r in runs)
+  each = {k: [] for k in ('concept', 'tokens', 'loss', 'unsteered_loss')}
+  for r in runs:
+    ids = list(r.get('concept_ids') or [])
+    joined['concept_ids'] += ids
+    joined['heldout_loss'] += list(r.get('heldout_loss') or [])
+    examples = r.get('heldout_examples') or {}
+    for k in each:
+      each[k] += list(examples.get(k) or [])
+    # A run numbers its examples' concepts by their place in it; the join needs their ids.
+    each['concept'][len(each['concept']) - len(examples.get('concept') or []):] = [
+        ids[i] for i in examples.get('concept') or []]
+  if len(set(joined['concept_ids'])) != len(joined['concept_ids']):
+    raise ValueError(f'{folder}: its runs train the same concept more than once; pair single '
+                     'runs instead')
+  if keep:
+    joined['heldout_examples'] = each
+  return joined
+
+
+def has_heldout_examples(summary: dict | None) -> bool:
+  """Whether a summary keeps per-example held-out figures (what heldout_difference pairs)."""
+  return _heldout_sums(summary) is not None
+
+
 def heldout_difference(a: dict, b: dict, draws: int = 2000, seed: int = 0,
                        level: float = 0.95) -> dict | None:
   """Held-out loss of run `a` minus run `b` (their summaries), paired on the same held-out

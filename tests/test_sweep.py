@@ -510,6 +510,42 @@ def test_heldout_differences_are_paired_on_the_same_examples(tmp_path):
   assert rows['c']['heldout_vs_best_lo'] == pytest.approx(pair['ci'][0])
 
 
+def test_folders_of_one_concept_runs_pair_by_concept_id(tmp_path):
+  """An evaluation trains one run per concept (train_<method>/concept<c>): runs_summary joins
+  them with their examples labelled by concept id, and pair.py pairs two such folders on the
+  concepts both have finished, pooled and per concept."""
+  tokens = [10, 20, 30, 40]
+
+  def run(folder, cid, shift):
+    loss = [2.0 + shift, 2.5 + shift, 3.0 + shift, 1.5 + shift]
+    each = {'concept': [0] * 4, 'tokens': tokens, 'loss': loss, 'unsteered_loss': [2.0] * 4}
+    held = sum(l * t for l, t in zip(loss, tokens)) / sum(tokens)
+    (folder / f'concept{cid}').mkdir(parents=True)
+    (folder / f'concept{cid}' / 'summary.json').write_text(json.dumps({
+        'steps': 1, 'total_steps': 1, 'concept_ids': [cid], 'heldout_loss': [held],
+        'heldout_examples': each}))
+
+  a, b = tmp_path / 'train_a', tmp_path / 'train_b'
+  run(a, 3, -0.1)
+  run(a, 5, -0.3)
+  for cid in (3, 5, 7):  # b has finished one more concept
+    run(b, cid, 0.0)
+  joined = study.runs_summary(str(a))
+  assert joined['concept_ids'] == [3, 5]
+  assert joined['heldout_examples']['concept'] == [3] * 4 + [5] * 4
+  with pytest.raises(ValueError, match='differen'):  # concepts 3, 5 against 3, 5, 7
+    study.heldout_difference(joined, study.runs_summary(str(b)))
+  out = subprocess.run([sys.executable, 'launch/pair.py', str(a), str(b)], cwd=ROOT,
+                       check=True, capture_output=True, text=True).stdout
+  assert 'concepts both runs hold: [3, 5]' in out
+  assert 'held-out loss: -0.2000 [-0.2000, -0.2000]' in out  # the mean of -0.1 and -0.3
+  assert 'concept 3: -0.1000' in out and 'concept 5: -0.3000' in out
+  (a / 'concept5' / 'summary.json').write_text(
+      (a / 'concept5' / 'summary.json').read_text().replace('[5]', '[3]'))
+  with pytest.raises(ValueError, match='same concept more than once'):
+    study.runs_summary(str(a))
+
+
 def test_score_differences_are_paired_on_the_same_prompts(tmp_path):
   """score_difference: one run's mean harmonic (per concept, then over concepts) minus
   another's, from their eval/ratings.jsonl, resampling instructions within each concept; the

@@ -9,11 +9,11 @@ such as an evaluation's training folder, counts as one run of all its concepts, 
 concept's own difference is printed too:
 
   python launch/pair.py runs/eval_concept10/train_prosv-smollm2 runs/eval_concept10/train_prosv
- Score: the mean harmonic of
-each run's own evaluation by launch/score_sweep.py (higher is better; the same instructions
-and judge). A figure either run lacks is reported as missing with the command that adds it.
-"""
 
+Score: the mean harmonic of each run's own evaluation by launch/score_sweep.py (higher is
+better; the same instructions and judge). A figure either run lacks is reported as missing
+with the command that adds it.
+"""
 
 from absl import app
 
@@ -26,14 +26,6 @@ def _line(name: str, pair: dict | None, unit: str, missing: str) -> str:
     return f'{name}: missing ({missing})'
   return (f'{name}: {pair["diff"]:+.4f} [{pair["ci"][0]:+.4f}, {pair["ci"][1]:+.4f}] '
           f'(a - b, 95% paired interval over {pair[unit]} {unit})')
-
-
-def _only(summary: dict, cids) -> dict:
-  """The summary's held-out examples of the given concepts."""
-  each = summary['heldout_examples']
-  keep = [i for i, c in enumerate(each['concept']) if c in cids]
-  return {'heldout_examples': {k: [v[i] for i in keep] for k, v in each.items()},
-          'concept_ids': [c for c in summary['concept_ids'] if c in cids]}
 
 
 def main(argv):
@@ -51,12 +43,12 @@ def main(argv):
     common = [c for c in ids[0] if c in ids[1]]
     if ids[0] != ids[1] and common and all(study.has_heldout_examples(s) for s in summaries):
       print(f'concepts both runs hold: {common} (a: {ids[0]}, b: {ids[1]})')
-      summaries = [_only(s, common) for s in summaries]
+      summaries = [study.heldout_of(s, common) for s in summaries]
     held = study.heldout_difference(*summaries)
     score = study.score_difference(a, b)
     per_concept = []
     if held is not None and len(common) > 1:
-      per_concept = [(c, study.heldout_difference(*[_only(s, [c]) for s in summaries]))
+      per_concept = [(c, study.heldout_difference(*[study.heldout_of(s, [c]) for s in summaries]))
                      for c in common]
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None

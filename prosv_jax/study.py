@@ -78,22 +78,42 @@ def _method_of(positions: str | None) -> str:
   return 'fssv' if positions == 'all' else 'prosv'
 
 
-def _scores(folder: str, positions: str | None) -> dict:
-  """score (the run's own method) and score_<method> from an evaluation's results.json."""
+def _results(folder: str) -> tuple[str | None, dict | None]:
+  """(path, content) of the evaluation results.json in a run's folder or its eval/."""
   for path in (os.path.join(folder, RESULTS), os.path.join(folder, 'eval', RESULTS)):
     results = _read_json(path)
-    if not results or 'methods' not in results:
-      continue
-    out = {}
-    for method, value in results['methods'].items():
-      out[f'score_{method}'] = value.get('mean', {}).get('harmonic')
-    own = _method_of(positions)
-    steered = [m for m in results['methods'] if m in ('prosv', 'fssv')]
-    pick = own if own in results['methods'] else (steered[0] if len(steered) == 1 else None)
-    out['score'] = out.get(f'score_{pick}') if pick else None
-    out['score_source'] = os.path.relpath(path, folder)
-    return out
-  return {}
+    if results and 'methods' in results:
+      return path, results
+  return None, None
+
+
+def _own_method(results: dict, positions: str | None) -> str | None:
+  """The run's own method among an evaluation's: by its positions, else the one steered."""
+  own = _method_of(positions)
+  steered = [m for m in results['methods'] if m in ('prosv', 'fssv')]
+  return own if own in results['methods'] else (steered[0] if len(steered) == 1 else None)
+
+
+def _scores(folder: str, positions: str | None) -> dict:
+  """score (the run's own method) and score_<method> from an evaluation's results.json."""
+  path, results = _results(folder)
+  if results is None:
+    return {}
+  out = {}
+  for method, value in results['methods'].items():
+    out[f'score_{method}'] = value.get('mean', {}).get('harmonic')
+  pick = _own_method(results, positions)
+  out['score'] = out.get(f'score_{pick}') if pick else None
+  out['score_source'] = os.path.relpath(path, folder)
+  return out
+
+
+def _heldout_changes(summary: dict) -> list | None:
+  """Held-out loss minus the unsteered model's, per concept (< 0: the vector helps)."""
+  held, base = summary.get('heldout_loss'), summary.get('heldout_loss_unsteered')
+  if not (held and base):
+    return None
+  return [None if h is None or b is None else h - b for h, b in zip(held, base)]
 
 
 def _run_folders(root: str):
@@ -147,9 +167,8 @@ def run_row(folder: str, name: str, overrides: dict | None = None) -> dict:
                # a run copied from a finished one of the same config (sweep.reuse_finished)
                reused_from=summary.get('reused_from', ''))
     # Held-out loss minus the unsteered model's, per concept and averaged (< 0: it helps).
-    held, base = summary.get('heldout_loss'), summary.get('heldout_loss_unsteered')
-    if held and base:
-      gains = [None if h is None or b is None else h - b for h, b in zip(held, base)]
+    gains = _heldout_changes(summary)
+    if gains:
       row['heldout_gain'] = _mean(gains)
       for cid, gain in zip(summary.get('concept_ids') or [], gains):
         row[f'heldout_gain_c{cid}'] = gain
@@ -206,24 +225,30 @@ def runs_summary(folder: str) -> dict | None:
   if not runs:
     return None
   joined = {'concept_ids': [], 'heldout_loss': [], 'heldout_examples': None}
-  keep = all(_heldout_sums(r) is not None for r in runs)
   each = {k: [] for k in ('concept', 'tokens', 'loss', 'unsteered_loss')}
   for r in runs:
     ids = list(r.get('concept_ids') or [])
     joined['concept_ids'] += ids
     joined['heldout_loss'] += list(r.get('heldout_loss') or [])
-    examples = r.get('heldout_examples') or {}
+    examples = dict(r.get('heldout_examples') or {})
+    # A run numbers its examples' concepts by their place in it; the join needs their ids.
+    examples['concept'] = [ids[i] for i in examples.get('concept') or []]
     for k in each:
       each[k] += list(examples.get(k) or [])
-    # A run numbers its examples' concepts by their place in it; the join needs their ids.
-    each['concept'][len(each['concept']) - len(examples.get('concept') or []):] = [
-        ids[i] for i in examples.get('concept') or []]
   if len(set(joined['concept_ids'])) != len(joined['concept_ids']):
     raise ValueError(f'{folder}: its runs train the same concept more than once; pair single '
                      'runs instead')
-  if keep:
+  if all(_heldout_sums(r) is not None for r in runs):
     joined['heldout_examples'] = each
   return joined
+
+
+def heldout_of(summary: dict, concept_ids) -> dict:
+  """A runs_summary's held-out examples of the given concepts only."""
+  each = summary['heldout_examples']
+  keep = [i for i, c in enumerate(each['concept']) if c in concept_ids]
+  return {'heldout_examples': {k: [v[i] for i in keep] for k, v in each.items()},
+          'concept_ids': [c for c in summary['concept_ids'] if c in concept_ids]}
 
 
 def has_heldout_examples(summary: dict | None) -> bool:
@@ -379,9 +404,6 @@ def markdown(root: str, rows: list[dict] | None = None) -> str:
       continue
     folder = os.path.join(root, row['run'])
     summary = _read_json(os.path.join(folder, SUMMARY_FILE)) or {}
-    held, base = summary.get('heldout_loss'), summary.get('heldout_loss_unsteered')
-    change = ([None if h is None or b is None else h - b for h, b in zip(held, base)]
-              if held and base else None)
     if row['run'] == chosen:
       versus = '**best**'
     elif row.get('heldout_vs_best') is not None:
@@ -390,16 +412,16 @@ def markdown(root: str, rows: list[dict] | None = None) -> str:
     else:
       versus = ''
     score = ''
-    for path in (os.path.join(folder, RESULTS), os.path.join(folder, 'eval', RESULTS)):
-      methods = (_read_json(path) or {}).get('methods') or {}
-      own = methods.get(_method_of(row.get('positions'))) or {}
-      mean = own.get('mean') or {}
+    _, results = _results(folder)  # the evaluation the CSV's score column reads
+    if results is not None:
+      own = _own_method(results, row.get('positions'))
+      mean = (results['methods'].get(own) or {}).get('mean') or {}
       if mean.get('harmonic') is not None:
         score = (f'{mean["concept"]:.2f} / {mean["instruction"]:.2f} / {mean["fluency"]:.2f} '
                  f'-> {mean["harmonic"]:.2f}')
-        break
     held_mean = _number(row.get('heldout_loss'))
-    cells = [*(str(row.get(k, '')) for k in axes), _per_concept(change, '+.3f'),
+    cells = [*(str(row.get(k, '')) for k in axes),
+             _per_concept(_heldout_changes(summary), '+.3f'),
              '' if held_mean is None else f'{held_mean:.4f}', versus,
              _per_concept(summary.get('edit_rms_ratio'), '.2f'),
              _per_concept(summary.get('factor'), '.1f'),

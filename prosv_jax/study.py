@@ -217,6 +217,8 @@ def runs_summary(folder: str) -> dict | None:
   evaluation's train_<method>/concept*) one summary joining theirs, so the concepts of
   separate runs pair like those of one run; examples are labelled by concept id. None when
   neither is there."""
+  if not os.path.isdir(folder):
+    return None
   own = sweep.read_summary(folder)
   runs = [own] if own is not None else [
       sweep.read_summary(os.path.join(folder, name))

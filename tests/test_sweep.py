@@ -540,6 +540,10 @@ def test_folders_of_one_concept_runs_pair_by_concept_id(tmp_path):
   assert 'concepts both runs hold: [3, 5]' in out
   assert 'held-out loss: -0.2000 [-0.2000, -0.2000]' in out  # the mean of -0.1 and -0.3
   assert 'concept 3: -0.1000' in out and 'concept 5: -0.3000' in out
+  missing = subprocess.run([sys.executable, 'launch/pair.py', str(tmp_path / 'nope'), str(b)],
+                           cwd=ROOT, capture_output=True, text=True)
+  assert missing.returncode != 0 and missing.stderr.strip().startswith('error:')
+  assert 'nope has no summary.json' in missing.stderr
   (a / 'concept5' / 'summary.json').write_text(
       (a / 'concept5' / 'summary.json').read_text().replace('[5]', '[3]'))
   with pytest.raises(ValueError, match='same concept more than once'):

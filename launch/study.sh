@@ -70,7 +70,8 @@ fssv-dir-1..2   3 x 2 each                     FSSV the same at fssv-grid's cell
 prosv-pos-1..2  2 x 2 each                     p2+s2, s4 | p4+s4, prompt at PrOSV's chosen cell
 gemma-grid      3 x 1 (gemma3-270m)            PrOSV's chosen cell on gemma3-270m under the
                                                residual rule (ref: SmolLM2's RMS), beta in
-                                               {0.25, 1, 4} (concept 0)
+                                               {1/16, 1/4, 1} (concept 0; 1/16 is SmolLM2's
+                                               pick carried over unchanged)
 gemma-width     1 x 1 (gemma3-270m)            the same cell under the width rule, unchanged
 score           -                              offline-judge score of every finished cell
 collect         -                              CSVs and heatmaps (held-out gain, score)

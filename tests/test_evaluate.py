@@ -74,7 +74,7 @@ def _lines(path):
     return [json.loads(line) for line in f if line.strip()]
 
 
-def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
+def test_evaluation_end_to_end_and_resume(tmp_path, tiny, monkeypatch):
   path, model = tiny
   judge = ScriptedJudge()
   mc, gsm = tmp_path / 'mc.jsonl', tmp_path / 'gsm.jsonl'
@@ -180,12 +180,23 @@ def test_evaluation_end_to_end_and_resume(tmp_path, tiny):
   assert '| PrOSV, trained factor |' in table and 'Factor grid, PrOSV' in table
   assert 'Response halves' in table
 
-  # A rerun regenerates and rejudges nothing and gives the same results.
-  judge2 = ScriptedJudge()
-  again = evaluate(config, model, judge2)
+  # A rerun regenerates and rejudges nothing, scores no utility row again (its losses are
+  # stored per method and concept) and gives the same results.
+  stored = _lines(tmp_path / 'ev' / 'utility.jsonl')
+  assert len(stored) == 1 + 5 * 2  # unsteered once; prompting and 4 vector methods x 2
+  from prosv_jax.eval import utility
+
+  def no_scoring(*args, **kwargs):
+    raise AssertionError('utility rows scored again')
+
+  with monkeypatch.context() as m:
+    m.setattr(utility, 'loglik_loss', no_scoring)
+    judge2 = ScriptedJudge()
+    again = evaluate(config, model, judge2)
   assert judge2.rated == 0
   assert len(_lines(tmp_path / 'ev' / 'generations.jsonl')) == len(gens)
   assert again['methods'] == results['methods']
+  assert again['utility'] == results['utility']
 
   # A kill mid-write: half the generations kept plus a torn line; the rerun fills the rest
   # with the same rows (seeded), and only those are judged again.

@@ -730,3 +730,12 @@ def test_study_carry_stages_only_unfinished_cells_latest_checkpoint(tmp_path):
   assert 'staged runs/study/grid/running/checkpoints/20' in out
   assert 'unstaged runs/study/grid/finished/checkpoints (finished)' in out
   assert git('ls-files').split() == ['runs/study/grid/running/checkpoints/20/state']
+
+
+def test_gemma_beta_axis_holds_the_smollm2_pick():
+  """gemma-grid carries SmolLM2's PrOSV pick to gemma3-270m under the residual rule and looks
+  at the rows above it: the preset's own beta must be one of the axis' cells."""
+  from prosv_jax.train.config import STUDY_SMOLLM2_PROSV, preset_sweep
+  betas = [p['steer.beta'] for p in preset_sweep('prosv', 'study_beta')]
+  assert betas[0] == STUDY_SMOLLM2_PROSV['beta'] == 1 / 16
+  assert betas == sorted(betas) and all(b / a == 4 for a, b in zip(betas, betas[1:]))

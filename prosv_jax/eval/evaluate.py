@@ -389,6 +389,10 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected, 
   if config.utility.gsm8k:
     gsm = utility.read_gsm8k(config.utility.gsm8k)[:cap]
 
+  def multiplier_of(method, cid) -> float:
+    """The factor multiplier a method steers concept cid with (a grid's pick, else 1)."""
+    return selected[method][cid]['multiplier'] if grid_of(method) else 1.0
+
   def steer_of(method, cid) -> dict:
     """The utility functions' keyword arguments: the vectors and concept, or the baselines'
     template (vector methods use their vectors' own)."""
@@ -396,7 +400,7 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected, 
       return {'chat_template': template}
     v = vectors[vector_set(method)]
     if grid_of(method):
-      v = v.scaled(selected[method][cid]['multiplier'])
+      v = v.scaled(multiplier_of(method, cid))
     return {'vectors': v, 'concept': str(cid)}
 
   def with_prompt(questions, method, cid):
@@ -413,12 +417,11 @@ def _utility(config, model, vectors, methods, concepts, descriptions, selected, 
   plain = None  # unsteered NLL of the rows, the same for every concept
 
   def loglik_loss(method, cid, s) -> float:
-    multiplier = selected[method][cid]['multiplier'] if grid_of(method) else 1.0
-    key = (f'{method}|{cid}|{multiplier:g}|{len(rows)}|'
+    nonlocal plain
+    key = (f'{method}|{cid}|{multiplier_of(method, cid):g}|{len(rows)}|'
            f'{int(bool(config.utility.own_answers))}|{zlib.crc32(template.encode()):08x}')
     if key in store:
       return store.get(key)['loglik_loss']
-    nonlocal plain
     if method == 'prompting':  # the cost of the concept instruction in the prompt
       if plain is None:
         plain = utility.loglik_loss(model, rows, **s)['nll_unsteered']

@@ -4,6 +4,8 @@
   python launch/plot_study.py --csv=study.csv --kind=heatmap --out=beta_lr.png
   # width transfer: final loss over hidden width, one line per setting (mup/fixed x factor LR)
   python launch/plot_study.py --csv=study.csv --kind=curves --out=width.png
+  # one axis (positions, init rules): a bar per run with its paired interval against the best
+  python launch/plot_study.py --csv=study.csv --kind=bars --metric=heldout_vs_best --out=pos.png
   # only some rows: --where=steer.direction_scale=8 (repeatable)
 """
 
@@ -13,10 +15,11 @@ from prosv_jax import study
 
 CSV = flags.DEFINE_string('csv', None, 'A study CSV from launch/collect.py.')
 OUT = flags.DEFINE_string('out', None, 'The PNG to write.')
-KIND = flags.DEFINE_enum('kind', 'heatmap', ['heatmap', 'curves'], 'What to draw.')
+KIND = flags.DEFINE_enum('kind', 'heatmap', ['heatmap', 'curves', 'bars'], 'What to draw.')
 METRIC = flags.DEFINE_string('metric', 'final_loss', 'A numeric column: final_loss, score, '
                              'factor, edit_rms_ratio, ...')
-X = flags.DEFINE_string('x', None, 'Horizontal column (heatmap: optim.factor_lr; curves: width).')
+X = flags.DEFINE_string('x', None, 'Horizontal column (heatmap: optim.factor_lr; curves: width; '
+                       'bars: run).')
 Y = flags.DEFINE_string('y', 'steer.beta', 'Heatmap: the vertical column.')
 SERIES = flags.DEFINE_list('series', None, 'Curves: the columns that make one line '
                            '(default: every varying config key but model, layer and x).')
@@ -42,6 +45,8 @@ def main(argv):
     if KIND.value == 'heatmap':
       out = study.heatmap(rows, OUT.value, METRIC.value, X.value or 'optim.factor_lr', Y.value,
                           TITLE.value)
+    elif KIND.value == 'bars':
+      out = study.bars(rows, OUT.value, METRIC.value, X.value or 'run', TITLE.value)
     else:
       out = study.curves(rows, OUT.value, METRIC.value, X.value or 'width', SERIES.value,
                          TITLE.value)

@@ -169,6 +169,19 @@ EOF
           --metric=score --out="docs/study/${m}_beta_lr_score.png"
       fi
     done
+    # the (s, direction LR) grid as a map; the one-axis pieces (positions, gemma's init rules)
+    # as bars of the held-out loss against their best run, with its paired interval
+    for m in prosv fssv; do
+      [ -f "docs/study/${m}_direction.csv" ] || continue
+      python launch/plot_study.py --csv="docs/study/${m}_direction.csv" --kind=heatmap \
+        --metric=heldout_loss --x=optim.direction_lr --y=steer.direction_scale \
+        --out="docs/study/${m}_direction_heldout.png"
+    done
+    for name in prosv_positions gemma_grid; do
+      [ -f "docs/study/$name.csv" ] || continue
+      python launch/plot_study.py --csv="docs/study/$name.csv" --kind=bars \
+        --metric=heldout_vs_best --out="docs/study/${name}_heldout.png"
+    done
     ;;
   *)
     echo "error: unknown piece '$piece'; bash launch/study.sh list shows the pieces" >&2

@@ -643,3 +643,52 @@ def curves(rows: list[dict], out: str, metric: str = 'final_loss', x: str = 'wid
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
+
+
+def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = 'run',
+         title: str = '') -> str:
+  """One bar of `metric` per row, labelled by column `x`; writes a PNG.
+
+  For one-axis comparisons (positions, init rules) where a heatmap has nothing to lay out.
+  Where the rows carry `{metric}_lo` and `{metric}_hi` (heldout_vs_best's paired bootstrap
+  interval, from collect()), they are drawn as error bars, so a bar whose interval crosses
+  zero reads as level with the best row.
+
+  Args:
+    rows: from collect() or read_csv().
+    out: the PNG path.
+    metric: a numeric column.
+    x: the column that names each bar (default the run's folder name).
+    title: the figure title ('' = metric and run count).
+
+  Returns:
+    out.
+  """
+  plt = _pyplot()
+  kept = [r for r in rows if _number(r.get(metric)) is not None]
+  if not kept:
+    raise ValueError(f'no rows with a numeric {metric!r} column to plot')
+  values = [_number(r[metric]) for r in kept]
+  lows = [_number(r.get(f'{metric}_lo')) for r in kept]
+  highs = [_number(r.get(f'{metric}_hi')) for r in kept]
+  fig, ax = plt.subplots(figsize=(1.2 * len(kept) + 2.5, 4.0))
+  positions = list(range(len(kept)))
+  ax.bar(positions, values, color='tab:blue', alpha=0.8)
+  if all(v is not None for v in lows + highs):
+    ax.errorbar(positions, values,
+                yerr=[[v - lo for v, lo in zip(values, lows)],
+                      [hi - v for v, hi in zip(values, highs)]],
+                fmt='none', ecolor='black', capsize=4)
+  for p, v in zip(positions, values):
+    ax.text(p, v, f'{v:.3g}', ha='center', va='bottom' if v >= 0 else 'top', fontsize=9)
+  ax.axhline(0.0, color='grey', linewidth=0.8)
+  ax.set_xticks(positions, [str(r.get(x, '')) for r in kept], rotation=30, ha='right')
+  ax.set_xlabel(_label(x))
+  ax.set_ylabel(metric)
+  ax.set_title(title or f'{metric} ({len(kept)} runs)')
+  ax.grid(axis='y', alpha=0.3)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+  return out

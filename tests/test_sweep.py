@@ -620,7 +620,17 @@ def test_plots_are_written(swept, tmp_path):
   width_png = study.curves(fake, str(tmp_path / 'width.png'))
   assert study.setting_label(fake[1], study.varying(fake, ('width', 'model', 'layer'))) == \
       'mup beta1 flr0.1'
-  for path in (heat, curve, width_png):
+  # One bar per run with its paired interval (positions, init rules); a metric no row has is
+  # a one-line error, not an empty figure.
+  pos = [dict(run=name, heldout_vs_best=d, heldout_vs_best_lo=d - 0.01, heldout_vs_best_hi=d + 0.01)
+         for name, d in (('p2+s2', 0.0), ('s4', 0.095))]
+  bars_png = str(tmp_path / 'bars.png')
+  bars_csv = study.write_csv(pos, str(tmp_path / 'pos.csv'))
+  assert launch('plot_study.py', f'--csv={bars_csv}', '--kind=bars', f'--out={bars_png}',
+                '--metric=heldout_vs_best').stdout.strip() == bars_png
+  with pytest.raises(ValueError, match="no rows with a numeric 'score'"):
+    study.bars(pos, str(tmp_path / 'none.png'), metric='score')
+  for path in (heat, curve, width_png, bars_png):
     with open(path, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n' and os.path.getsize(path) > 5000
 

@@ -73,6 +73,9 @@ gemma-grid      3 x 1 (gemma3-270m)            PrOSV's chosen cell on gemma3-270
                                                {1/16, 1/4, 1} (concept 0; 1/16 is SmolLM2's
                                                pick carried over unchanged)
 gemma-width     1 x 1 (gemma3-270m)            the same cell under the width rule, unchanged
+gemma-paper     1 x 1 (gemma3-270m)            the paper's PrOSV row (beta 4, factor LR 10,
+                                               s 8, direction LR 0.04; width rule) on the
+                                               same concept: the reference both rules face
 score           -                              offline-judge score of every finished cell
 collect         -                              CSVs and heatmaps (held-out gain, score)
                                                under docs/study/
@@ -138,6 +141,16 @@ EOF
     sweep configs/prosv.py:gemma3_270m study_beta "$ROOT/gemma_residual" \
       --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
       --config.data.concepts=0 "${RESIDUAL[@]}" "$flr" $direction
+    ;;
+  gemma-paper)
+    # Pinned by flags rather than read from the gemma3_270m preset, so the cell keeps its
+    # meaning whatever the study puts into that preset.
+    python launch/train.py --config=configs/prosv.py:gemma3_270m \
+      --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
+      --config.data.concepts=0 --config.steer.init=width --config.steer.beta=4 \
+      --config.optim.factor_lr=10 --config.steer.direction_scale=8 \
+      --config.optim.direction_lr=0.04 \
+      --config.workdir="$ROOT/gemma_paper/chosen" "${EXTRA[@]}"
     ;;
   gemma-width)
     cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")

@@ -749,3 +749,20 @@ def test_gemma_beta_axis_holds_the_smollm2_pick():
   betas = [p['steer.beta'] for p in preset_sweep('prosv', 'study_beta')]
   assert betas[0] == STUDY_SMOLLM2_PROSV['beta'] == 1 / 16
   assert betas == sorted(betas) and all(b / a == 4 for a, b in zip(betas, betas[1:]))
+
+
+def test_gemma_paper_piece_pins_the_papers_prosv_row():
+  """gemma-paper is the reference the two init rules face on gemma3-270m: its flags must be
+  the paper's PrOSV row under the width rule, whatever the gemma3_270m preset holds."""
+  import re
+  from prosv_jax.train.config import PAPER_GEMMA2_2B_L10
+  text = open(os.path.join(ROOT, 'launch', 'study.sh')).read()
+  block = text[text.index('  gemma-paper)'):]
+  block = block[:block.index(';;')]
+  flags = dict(re.findall(r'--config\.([\w.]+)=(\S+)', block))
+  assert flags['steer.init'] == 'width'
+  assert {k: float(flags[f]) for k, f in (('beta', 'steer.beta'),
+                                          ('factor_lr', 'optim.factor_lr'),
+                                          ('direction_scale', 'steer.direction_scale'),
+                                          ('direction_lr', 'optim.direction_lr'))} == \
+      PAPER_GEMMA2_2B_L10

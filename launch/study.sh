@@ -190,11 +190,16 @@ EOF
         --metric=heldout_loss --x=optim.direction_lr --y=steer.direction_scale \
         --out="docs/study/${m}_direction_heldout.png"
     done
-    for name in prosv_positions gemma_grid; do
-      [ -f "docs/study/$name.csv" ] || continue
-      python launch/plot_study.py --csv="docs/study/$name.csv" --kind=bars \
-        --metric=heldout_vs_best --out="docs/study/${name}_heldout.png"
-    done
+    if [ -f docs/study/prosv_positions.csv ]; then
+      python launch/plot_study.py --csv=docs/study/prosv_positions.csv --kind=bars \
+        --metric=heldout_vs_best --out=docs/study/prosv_positions_heldout.png
+    fi
+    # gemma3-270m's cells live in two roots (one per init rule): their held-out change
+    # against the unsteered model, side by side
+    if [ -f docs/study/gemma_residual.csv ] && [ -f docs/study/gemma_width.csv ]; then
+      python launch/plot_study.py --csv=docs/study/gemma_width.csv,docs/study/gemma_residual.csv \
+        --kind=bars --metric=heldout_gain --out=docs/study/gemma_grid_heldout.png
+    fi
     ;;
   *)
     echo "error: unknown piece '$piece'; bash launch/study.sh list shows the pieces" >&2

@@ -645,7 +645,7 @@ def curves(rows: list[dict], out: str, metric: str = 'final_loss', x: str = 'wid
   return out
 
 
-def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = 'run',
+def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = 'setting',
          title: str = '') -> str:
   """One bar of `metric` per row, labelled by column `x`; writes a PNG.
 
@@ -658,7 +658,9 @@ def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = '
     rows: from collect() or read_csv().
     out: the PNG path.
     metric: a numeric column.
-    x: the column that names each bar (default the run's folder name).
+    x: the column that names each bar, or 'setting' (the default): the config keys that
+      differ between the rows, e.g. 'init=width beta0.0625', so rows of several CSVs
+      (whose run folders may share a name) stay apart.
     title: the figure title ('' = metric and run count).
 
   Returns:
@@ -671,7 +673,7 @@ def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = '
   values = [_number(r[metric]) for r in kept]
   lows = [_number(r.get(f'{metric}_lo')) for r in kept]
   highs = [_number(r.get(f'{metric}_hi')) for r in kept]
-  fig, ax = plt.subplots(figsize=(1.2 * len(kept) + 2.5, 4.0))
+  fig, ax = plt.subplots(figsize=(1.6 * len(kept) + 2.5, 4.5))
   positions = list(range(len(kept)))
   ax.bar(positions, values, color='tab:blue', alpha=0.8)
   if all(v is not None for v in lows + highs):
@@ -682,7 +684,8 @@ def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = '
   for p, v in zip(positions, values):
     ax.text(p, v, f'{v:.3g}', ha='center', va='bottom' if v >= 0 else 'top', fontsize=9)
   ax.axhline(0.0, color='grey', linewidth=0.8)
-  ax.set_xticks(positions, [str(r.get(x, '')) for r in kept], rotation=30, ha='right')
+  labels = bar_labels(kept, x)
+  ax.set_xticks(positions, labels, rotation=30, ha='right')
   ax.set_xlabel(_label(x))
   ax.set_ylabel(metric)
   ax.set_title(title or f'{metric} ({len(kept)} runs)')
@@ -692,3 +695,17 @@ def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = '
   fig.savefig(out, dpi=120)
   plt.close(fig)
   return out
+
+
+def bar_labels(rows: list[dict], x: str = 'setting') -> list[str]:
+  """Each row's bar label: column `x`, or for 'setting' the config keys that differ."""
+  if x != 'setting':
+    return [str(r.get(x, '')) for r in rows]
+  # Keys only some rows carry (a sweep root records its common overrides, a single run's
+  # root does not) say nothing about the setting.
+  keys = [k for k in varying(rows, exclude=('model', 'layer', 'workdir'))
+          if all(r.get(k) not in (None, '') for r in rows)]
+  # With no dotted key varying (a top-level one like positions), the run names say it.
+  if not keys:
+    return [str(r.get('run', '')) for r in rows]
+  return [setting_label(r, keys) for r in rows]

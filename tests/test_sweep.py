@@ -628,6 +628,14 @@ def test_plots_are_written(swept, tmp_path):
   bars_csv = study.write_csv(pos, str(tmp_path / 'pos.csv'))
   assert launch('plot_study.py', f'--csv={bars_csv}', '--kind=bars', f'--out={bars_png}',
                 '--metric=heldout_vs_best').stdout.strip() == bars_png
+  # Rows of two CSVs are told apart by the config keys that differ, keys only some rows
+  # carry left out.
+  two = [dict(run='chosen', **{'steer.init': 'width', 'steer.beta': 0.0625}, heldout_gain=-0.2),
+         dict(run='beta1', **{'steer.init': 'residual', 'steer.beta': 1.0,
+                              'data.source': 'x'}, heldout_gain=0.03)]
+  assert study.bar_labels(two) == ['initwidth beta0.0625', 'initresidual beta1']
+  assert study.bar_labels(pos) == ['p2+s2', 's4']  # nothing dotted varies: the run names
+  study.bars(two, str(tmp_path / 'two.png'), metric='heldout_gain')
   with pytest.raises(ValueError, match="no rows with a numeric 'score'"):
     study.bars(pos, str(tmp_path / 'none.png'), metric='score')
   for path in (heat, curve, width_png, bars_png):

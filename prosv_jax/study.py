@@ -659,7 +659,7 @@ def bars(rows: list[dict], out: str, metric: str = 'heldout_vs_best', x: str = '
     out: the PNG path.
     metric: a numeric column.
     x: the column that names each bar, or 'setting' (the default): the config keys that
-      differ between the rows, e.g. 'init=width beta0.0625', so rows of several CSVs
+      differ between the rows, e.g. 'initwidth beta0.0625', so rows of several CSVs
       (whose run folders may share a name) stay apart.
     title: the figure title ('' = metric and run count).
 

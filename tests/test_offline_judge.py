@@ -71,3 +71,20 @@ def test_ratings_are_in_range_and_empty_answers_score_zero(judge):
     assert {r.concept, r.instruction, r.fluency} <= {0.0, 1.0, 2.0}
   assert (empty.concept, empty.instruction, empty.fluency) == (0, 0, 0)
   assert good.harmonic > 0 and good.fluency > loop.fluency
+
+
+def test_raw_scores_cache_is_reused_only_for_the_settings_that_made_it(tmp_path):
+  # A cache written for SmolLM2 must not become gemma3's calibration when refitted.
+  path = str(tmp_path / 'scores.npz')
+  smol = calibrate.scores_key('smollm2-135m-instruct', ['a'], ['b'], 0, 12)
+  np.savez(path, scores_key=np.array(smol), fluency_cal_ll=np.arange(3.0))
+  logs = []
+  raw = calibrate.cached_scores(path, smol, logs.append)
+  assert list(raw) == ['fluency_cal_ll'] and 'reusing' in logs[-1]
+  gemma = calibrate.scores_key('gemma3-270m', ['a'], ['b'], 0, 12)
+  assert calibrate.cached_scores(path, gemma, logs.append) is None
+  assert 'other settings' in logs[-1] and 'smollm2' in logs[-1]
+  np.savez(path, fluency_cal_ll=np.arange(3.0))  # a cache from before keys were recorded
+  assert calibrate.cached_scores(path, smol, logs.append) is None
+  assert 'unrecorded' in logs[-1]
+  assert calibrate.cached_scores(str(tmp_path / 'none.npz'), smol, logs.append) is None

@@ -12,6 +12,7 @@ Labelled pairs, all from AxBench's held-out split (latent_eval_data.parquet):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -168,6 +169,29 @@ def separation(scores: np.ndarray, labels: np.ndarray, threshold: Threshold) -> 
   return out
 
 
+def scores_key(model_name: str, calibration_sources, heldout_sources, per_class: int,
+               fluency_per_concept: int) -> str:
+  """What a raw-scores cache was computed from; a cache is reused only under the same key."""
+  return json.dumps(dict(model=model_name, calibrate=[str(s) for s in calibration_sources],
+                         heldout=[str(s) for s in heldout_sources], per_class=int(per_class),
+                         fluency_per_concept=int(fluency_per_concept)), sort_keys=True)
+
+
+def cached_scores(path: str, key: str, log=print) -> dict | None:
+  """The raw scores saved at `path` if they were computed under `key`, else None."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    raw = {k: z[k] for k in z.files}
+  saved = str(raw.pop('scores_key', ''))
+  if saved != key:
+    log(f'not reusing {path}: its raw scores were computed for other settings '
+        f'({saved or "unrecorded"}); recomputing them')
+    return None
+  log(f'reusing raw scores from {path}')
+  return raw
+
+
 def calibrate(encoder, model, model_name: str, calibration_sources: list[str],
               heldout_sources: list[str], per_class: int = 0, fluency_per_concept: int = 12,
               log=print, scores_path: str = '') -> Calibration:
@@ -177,10 +201,12 @@ def calibrate(encoder, model, model_name: str, calibration_sources: list[str],
   With `scores_path`, raw scores are saved there (.npz) and reused when the file exists, so
   a changed fitting rule costs no model time.
   """
-  if scores_path and os.path.exists(scores_path):
-    log(f'reusing raw scores from {scores_path}')
-    with np.load(scores_path) as z:
-      raw = {k: z[k] for k in z.files}
+  # The cache is keyed by what produced it: raw scores of another model or other data must
+  # never be refitted silently as this model's calibration.
+  key = scores_key(model_name, calibration_sources, heldout_sources, per_class,
+                   fluency_per_concept)
+  raw = cached_scores(scores_path, key, log) if scores_path else None
+  if raw is not None:
     return fit(raw, model_name, calibration_sources, heldout_sources,
                getattr(encoder, 'name', 'all-MiniLM-L6-v2') if encoder else 'all-MiniLM-L6-v2')
 
@@ -213,7 +239,7 @@ def calibrate(encoder, model, model_name: str, calibration_sources: list[str],
   raw['fluency_cal_label'], raw['fluency_held_label'] = cal.label, held.label
   if scores_path:
     os.makedirs(os.path.dirname(os.path.abspath(scores_path)), exist_ok=True)
-    np.savez(scores_path, **raw)
+    np.savez(scores_path, scores_key=np.array(key), **raw)
   return fit(raw, model_name, calibration_sources, heldout_sources,
              getattr(encoder, 'name', 'all-MiniLM-L6-v2'))
 

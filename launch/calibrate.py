@@ -29,8 +29,8 @@ PER_CLASS = flags.DEFINE_integer('per_class', 0, 'Cap of pairs per concept and c
 FLUENCY = flags.DEFINE_integer('fluency_per_concept', 12, 'Real texts per concept for fluency '
                                '(each with a corrupted copy).')
 SCORES = flags.DEFINE_string('scores', 'workdirs/calibration_scores.npz',
-                             'Raw scores cache: reused when present, so refitting is instant '
-                             "('' = no cache).")
+                             'Raw scores cache: reused when it was computed for the same '
+                             "model and data, so refitting is instant ('' = no cache).")
 OUT = flags.DEFINE_string('out', '', "Where to write the JSON ('' = the packaged default path "
                           'for --model).')
 

@@ -45,6 +45,10 @@ def main(argv):
   try:
     encoder = SentenceEncoder.load()
     model = load_model(MODEL.value, DTYPE.value)
+    if not getattr(model.tokenizer, 'chat_template', None):
+      raise ProsvError(f'{MODEL.value} has no chat template (a base model), and fluency is scored '
+                       'under one; calibrate an instruct model and judge this one with it '
+                       '(--config.judge.fluency_model=smollm2-135m-instruct)')
     cal = calibrate(encoder, model, MODEL.value, CALIBRATE.value, HELDOUT.value,
                     per_class=PER_CLASS.value, fluency_per_concept=FLUENCY.value,
                     log=lambda m: print(m, file=sys.stderr), scores_path=SCORES.value)

@@ -357,3 +357,21 @@ def test_bad_training_presets_fail_before_generation(tmp_path, tiny, methods, ma
   with pytest.raises(ProsvError, match=match):
     evaluate(config_for(path, tmp_path / 'bad', methods=methods), model, ScriptedJudge())
   assert not os.path.exists(tmp_path / 'bad' / 'generations.jsonl')
+
+
+def test_offline_judge_of_a_base_model_names_the_fluency_model_fix(tiny, tmp_path):
+  # gemma3-270m is a base model: no chat template to score fluency under. The judge says which
+  # key fixes it, and with that key it rates fluency with the named model instead.
+  import types
+  from prosv_jax.eval.evaluate import make_judge
+  from prosv_jax.eval.offline_judge import default_calibration_path
+  path, model = tiny
+  base = types.SimpleNamespace(tokenizer=types.SimpleNamespace(chat_template=None))
+  c = config_for(path, tmp_path)
+  c.model = 'gemma3-270m'
+  with pytest.raises(ProsvError, match='judge.fluency_model'):
+    make_judge(c, base)
+  c.judge.fluency_model = path
+  c.judge.calibration = default_calibration_path('smollm2-135m-instruct')
+  judge = make_judge(c, base)
+  assert judge.model is not base and judge.model.tokenizer.chat_template

@@ -62,6 +62,10 @@ def eval_config() -> ml_collections.ConfigDict:
   c.judge = ml_collections.ConfigDict()
   c.judge.kind = 'offline'  # offline | api | lm
   c.judge.calibration = ''  # offline: thresholds JSON ('' = the packaged one for c.model)
+  # offline: the model whose likelihood rates fluency ('' = c.model). A base model has no chat
+  # template to score answers under, so judge its generations with an instruct model's
+  # calibration, e.g. 'smollm2-135m-instruct' (the same judge then rates every model).
+  c.judge.fluency_model = ''
   c.judge.batch_size = 16
   c.judge.api = ml_collections.ConfigDict()
   c.judge.api.base_url = 'https://api.openai.com/v1'

@@ -198,8 +198,8 @@ def calibrate(encoder, model, model_name: str, calibration_sources: list[str],
   """Fits thresholds on `calibration_sources` and reports them on `heldout_sources`.
 
   The two lists must hold different concepts (for AxBench Concept10 the three settings do).
-  With `scores_path`, raw scores are saved there (.npz) and reused when the file exists, so
-  a changed fitting rule costs no model time.
+  With `scores_path`, raw scores are saved there (.npz) and reused when the file holds scores
+  of the same model and data, so a changed fitting rule costs no model time.
   """
   # The cache is keyed by what produced it: raw scores of another model or other data must
   # never be refitted silently as this model's calibration.

@@ -61,7 +61,7 @@ def eval_config() -> ml_collections.ConfigDict:
 
   c.judge = ml_collections.ConfigDict()
   c.judge.kind = 'offline'  # offline | api | lm
-  c.judge.calibration = ''  # offline: thresholds JSON ('' = the packaged one for c.model)
+  c.judge.calibration = ''  # offline: thresholds JSON ('' = the packaged one for the fluency model)
   # offline: the model whose likelihood rates fluency ('' = c.model). A base model has no chat
   # template to score answers under, so judge its generations with an instruct model's
   # calibration, e.g. 'smollm2-135m-instruct' (the same judge then rates every model).

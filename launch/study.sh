@@ -163,7 +163,11 @@ EOF
     ;;
   score)
     for root in "$ROOT"/*/; do
-      python launch/score_sweep.py --root="$root" --config.instructions.count=10
+      extra=()
+      # gemma3-270m is a base model: no chat template to rate fluency under, so the
+      # SmolLM2-calibrated judge rates its generations.
+      case "$(basename "$root")" in gemma_*) extra=(--config.judge.fluency_model=smollm2-135m-instruct) ;; esac
+      python launch/score_sweep.py --root="$root" --config.instructions.count=10 "${extra[@]}"
     done
     ;;
   collect)

@@ -39,16 +39,13 @@ def main(argv):
   del argv
   from prosv_jax.eval.calibrate import calibrate
   from prosv_jax.eval.embed import SentenceEncoder
-  from prosv_jax.eval.offline_judge import default_calibration_path
+  from prosv_jax.eval.offline_judge import check_fluency_model, default_calibration_path
   from prosv_jax.models.load import load_model
   t0 = time.time()
   try:
     encoder = SentenceEncoder.load()
     model = load_model(MODEL.value, DTYPE.value)
-    if not getattr(model.tokenizer, 'chat_template', None):
-      raise ProsvError(f'{MODEL.value} has no chat template (a base model), and fluency is scored '
-                       'under one; calibrate an instruct model and judge this one with it '
-                       '(--config.judge.fluency_model=smollm2-135m-instruct)')
+    check_fluency_model(model, MODEL.value)
     cal = calibrate(encoder, model, MODEL.value, CALIBRATE.value, HELDOUT.value,
                     per_class=PER_CLASS.value, fluency_per_concept=FLUENCY.value,
                     log=lambda m: print(m, file=sys.stderr), scores_path=SCORES.value)

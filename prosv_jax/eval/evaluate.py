@@ -182,10 +182,6 @@ def make_judge(config, model):
     if name != config.model:
       from prosv_jax.models.load import load_model
       model = load_model(name, config.dtype)
-    if not getattr(model.tokenizer, 'chat_template', None):
-      raise ProsvError(f'the offline judge scores fluency under {name}\'s chat template and it '
-                       'has none (a base model); set --config.judge.fluency_model to an '
-                       'instruct model with a calibration, e.g. smollm2-135m-instruct')
     return OfflineJudge.load(model, config.judge.calibration, model_name=name)
   if kind == 'api':
     from prosv_jax.eval.api_judge import ApiJudge

@@ -144,6 +144,15 @@ def fluency_score(ll: np.ndarray, repeat: np.ndarray, repeat_weight: float) -> n
   return np.where(np.isfinite(ll), ll - repeat_weight * repeat, -np.inf)
 
 
+def check_fluency_model(model, name: str) -> None:
+  """Fluency is the model's likelihood of an answer under its chat template, so the model
+  that rates it (and is calibrated) must have one; a base model is judged by an instruct one."""
+  if not getattr(model.tokenizer, 'chat_template', None):
+    raise ProsvError(f'{name} has no chat template (a base model), and the offline judge scores '
+                     'fluency under one; rate fluency with a calibrated instruct model: '
+                     '--config.judge.fluency_model=smollm2-135m-instruct')
+
+
 class OfflineJudge:
   """Embedding similarity for concept and instruction, base-model likelihood for fluency."""
 
@@ -162,6 +171,7 @@ class OfflineJudge:
   def load(cls, model, calibration_path: str = '', model_name: str = '') -> 'OfflineJudge':
     from prosv_jax.eval.embed import SentenceEncoder
     name = model_name or model.source
+    check_fluency_model(model, name)
     path = calibration_path or default_calibration_path(name)
     return cls(SentenceEncoder.load(), model, Calibration.load(path))
 

@@ -29,6 +29,11 @@ DATA=(--config.data.source=$D --config.data.metadata=$D/metadata.jsonl
       --config.data.concepts=0,1)
 # The residual rule with the numbers stated at SmolLM2's residual RMS (SMOLLM2_L10_RMS).
 RESIDUAL=(--config.steer.init=residual --config.steer.residual_ref=6.0)
+# gemma-paper and gemma-width on another Concept10 concept (GEMMA_CONCEPT=1): the transfer
+# check's second concept. Concept 0 keeps its run folder `chosen`; others go to `conceptN`.
+GC=${GEMMA_CONCEPT:-0}
+GDIR=chosen
+[ "$GC" = 0 ] || GDIR=concept$GC
 
 sweep() {  # sweep CONFIG NAME ROOT [flags...]
   local config=$1 name=$2 root=$3
@@ -76,6 +81,8 @@ gemma-width     1 x 1 (gemma3-270m)            the same cell under the width rul
 gemma-paper     1 x 1 (gemma3-270m)            the paper's PrOSV row (beta 4, factor LR 10,
                                                s 8, direction LR 0.04; width rule) on the
                                                same concept: the reference both rules face
+                                               (gemma-paper and gemma-width take another
+                                               concept with GEMMA_CONCEPT=1, into conceptN/)
 score           -                              offline-judge score of every finished cell
 collect         -                              CSVs and heatmaps (held-out gain, score)
                                                under docs/study/
@@ -147,10 +154,10 @@ EOF
     # meaning whatever the study puts into that preset.
     python launch/train.py --config=configs/prosv.py:gemma3_270m \
       --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
-      --config.data.concepts=0 --config.steer.init=width --config.steer.beta=4 \
+      --config.data.concepts=$GC --config.steer.init=width --config.steer.beta=4 \
       --config.optim.factor_lr=10 --config.steer.direction_scale=8 \
       --config.optim.direction_lr=0.04 \
-      --config.workdir="$ROOT/gemma_paper/chosen" "${EXTRA[@]}"
+      --config.workdir="$ROOT/gemma_paper/$GDIR" "${EXTRA[@]}"
     ;;
   gemma-width)
     cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")
@@ -158,8 +165,8 @@ EOF
     # shellcheck disable=SC2086
     python launch/train.py --config=configs/prosv.py:gemma3_270m \
       --config.data.source=$D --config.data.metadata=$D/metadata.jsonl \
-      --config.data.concepts=0 $cell $direction \
-      --config.workdir="$ROOT/gemma_width/chosen" "${EXTRA[@]}"
+      --config.data.concepts=$GC $cell $direction \
+      --config.workdir="$ROOT/gemma_width/$GDIR" "${EXTRA[@]}"
     ;;
   score)
     for root in "$ROOT"/*/; do

@@ -313,6 +313,23 @@ def test_methods_with_a_training_preset(tmp_path, tiny, monkeypatch):
   assert p['harmonic']['prosv_minus_fssv'] == pytest.approx(
       mean['prosv:tinyp'] - mean['fssv:tinyp'])
   assert len(p['utility']['ci']) == 2
+  # Any pair of evaluated methods from the stores (launch/pair.py --eval): the verdict's own
+  # difference and interval for the verdict's pair, and pairs the tables do not hold.
+  from prosv_jax.eval.steering import stored_difference
+  d = stored_difference(str(tmp_path / 'ev'), 'prosv:tinyp', 'fssv:tinyp')
+  assert d['harmonic']['diff'] == pytest.approx(p['harmonic']['prosv_minus_fssv'])
+  assert d['harmonic']['ci'] == pytest.approx(p['harmonic']['ci'])
+  loss = results['utility']
+  assert d['utility']['diff'] == pytest.approx(
+      np.mean(loss['prosv:tinyp']['loglik_loss_per_concept'])
+      - np.mean(loss['fssv:tinyp']['loglik_loss_per_concept']))
+  one = stored_difference(str(tmp_path / 'ev'), 'fssv:tinyp', 'fssv', concepts=[1])
+  per = {m: methods[m]['per_concept']['1']['harmonic'] for m in ('fssv:tinyp', 'fssv')}
+  assert one['harmonic']['diff'] == pytest.approx(per['fssv:tinyp'] - per['fssv'])
+  with pytest.raises(ProsvError, match='factor grid'):
+    stored_difference(str(tmp_path / 'ev'), 'prosv_grid:tinyp', 'prosv')
+  with pytest.raises(ProsvError, match='not among'):
+    stored_difference(str(tmp_path / 'ev'), 'prompting', 'prosv')
   table = (tmp_path / 'ev' / 'results.md').read_text()
   assert "Is PrOSV's harmonic mean at least FSSV's (preset tinyp)?" in table
   assert '| FSSV, trained factor (preset tinyp) |' in table

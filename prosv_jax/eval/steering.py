@@ -13,6 +13,8 @@ import os
 import zlib
 from typing import Callable, Sequence
 
+import numpy as np
+
 from prosv_jax.chat import chat_prompt_ids
 from prosv_jax.errors import ProsvError
 from prosv_jax.eval import instructions as prompts
@@ -302,3 +304,61 @@ def select_multipliers(judge: Judge, setup: Setup, ratings: Store, concepts: Seq
                     trained_best_on_report=(report[1.0] == max(report.values()))
                     if trained else None)
   return out
+
+
+def stored_difference(workdir: str, a: str, b: str, results_name: str = 'results',
+                      concepts: Sequence[int] | None = None) -> dict:
+  """Any two evaluated methods compared, paired, from an evaluation's stores: the harmonic
+  mean of `a` minus `b` with the bootstrap the evaluation uses (concepts, then instructions;
+  its draws, seed and level), and their utility losses' difference over concepts. For pairs
+  the evaluation's own tables do not hold (e.g. one FSSV preset against another).
+
+  Returns {a, b, concepts, harmonic: {a, b, diff, ci}, utility: {a, b, diff, ci} or None}.
+  """
+  path = os.path.join(workdir, f'{results_name}.json')
+  if not os.path.exists(path):
+    raise ProsvError(f'{path} not found; run launch/evaluate.py with '
+                     f'--config.workdir={workdir} first')
+  with open(path, encoding='utf-8') as f:
+    results = json.load(f)
+  for m in (a, b):
+    if m not in results['methods']:
+      raise ProsvError(f'{m!r} is not among {path}\'s methods ({", ".join(results["methods"])})'
+                       '; name one of them or rerun the evaluation with it')
+    if grid_of(m):
+      raise ProsvError(f'{m!r} is a factor grid, scored on half the instructions at its pick; '
+                       'compare the trained-factor methods')
+  concepts = list(concepts or results['concepts'])
+  missing = sorted(set(concepts) - set(results['concepts']))
+  if missing:
+    raise ProsvError(f'concepts {missing} are not in {path} (it holds {results["concepts"]})')
+  ratings = Store(os.path.join(workdir, 'ratings.jsonl'))
+  count, samples = int(results['instructions']['count']), int(results['instructions']['samples'])
+  units = []
+  for cid in concepts:
+    per_method = []
+    for m in (a, b):
+      keys = [f'{results["judge"]}|{gen_key(Group(m, cid), i, s)}'
+              for i in range(count) for s in range(samples)]
+      recs = [ratings.get(k) for k in keys]
+      if any(r is None for r in recs):
+        raise ProsvError(f'{m} on concept {cid} has unrated generations in {workdir}; rerun '
+                         'the evaluation to finish them')
+      per_method.append([Ratings(r['concept'], r['instruction'], r['fluency']).harmonic
+                         for r in recs])
+    units.append(np.array(per_method).reshape(2, count, samples))
+  stats = results['bootstrap']
+  boot = scores.paired_bootstrap(units, [a, b], b, int(stats['draws']), int(stats['seed']),
+                                 float(stats['level']))
+  harmonic = dict(a=boot[a]['mean'], b=boot[b]['mean'], diff=boot[a]['diff'],
+                  ci=boot[a]['diff_ci'])
+  utility = None
+  loss = {m: results.get('utility', {}).get(m, {}).get('loglik_loss_per_concept') for m in (a, b)}
+  if all(loss.values()):
+    at = [results['concepts'].index(c) for c in concepts]
+    u = scores.concept_bootstrap([loss[a][i] for i in at], [loss[b][i] for i in at],
+                                 draws=int(stats['draws']), seed=int(stats['seed']),
+                                 level=float(stats['level']))
+    utility = dict(a=float(np.mean([loss[a][i] for i in at])),
+                   b=float(np.mean([loss[b][i] for i in at])), diff=u['value'], ci=u['ci'])
+  return dict(a=a, b=b, concepts=concepts, harmonic=harmonic, utility=utility)

@@ -330,6 +330,14 @@ def test_methods_with_a_training_preset(tmp_path, tiny, monkeypatch):
     stored_difference(str(tmp_path / 'ev'), 'prosv_grid:tinyp', 'prosv')
   with pytest.raises(ProsvError, match='not among'):
     stored_difference(str(tmp_path / 'ev'), 'prompting', 'prosv')
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, 'launch/pair.py', f'--eval={tmp_path / "ev"}',
+                        'prosv:tinyp', 'fssv:tinyp'], cwd=root, check=True, capture_output=True,
+                       text=True).stdout
+  assert f'= {d["harmonic"]["diff"]:+.3f} [{d["harmonic"]["ci"][0]:+.3f},' in out
+  assert 'utility loss (nats/token):' in out
   table = (tmp_path / 'ev' / 'results.md').read_text()
   assert "Is PrOSV's harmonic mean at least FSSV's (preset tinyp)?" in table
   assert '| FSSV, trained factor (preset tinyp) |' in table

@@ -356,19 +356,26 @@ def score_difference(folder_a: str, folder_b: str, draws: int = 2000, seed: int 
 
 
 def _add_heldout_pairs(root: str, rows: list[dict]) -> None:
-  """heldout_vs_best (and its interval) on every finished row with per-example figures."""
-  try:
-    chosen = best(rows)
-  except ValueError:
-    return
-  ref = _read_json(os.path.join(root, chosen['run'], SUMMARY_FILE))
+  """heldout_vs_best (and its interval) on every finished row with per-example figures,
+  against the best run trained on the same concepts (a root may hold one cell on several
+  concepts, e.g. the transfer check's; losses on other examples do not pair)."""
+  summaries = {r['run']: _read_json(os.path.join(root, r['run'], SUMMARY_FILE))
+               for r in rows if r.get('status') == 'done'}
+  groups: dict[tuple, list[dict]] = {}
   for row in rows:
-    if row.get('status') != 'done':
+    if row['run'] in summaries:
+      key = tuple(summaries[row['run']].get('concept_ids') or ())
+      groups.setdefault(key, []).append(row)
+  for group in groups.values():
+    try:
+      ref = summaries[best(group)['run']]
+    except ValueError:
       continue
-    pair = heldout_difference(_read_json(os.path.join(root, row['run'], SUMMARY_FILE)), ref)
-    if pair is not None:
-      row.update(heldout_vs_best=pair['diff'], heldout_vs_best_lo=pair['ci'][0],
-                 heldout_vs_best_hi=pair['ci'][1])
+    for row in group:
+      pair = heldout_difference(summaries[row['run']], ref)
+      if pair is not None:
+        row.update(heldout_vs_best=pair['diff'], heldout_vs_best_lo=pair['ci'][0],
+                   heldout_vs_best_hi=pair['ci'][1])
 
 
 def _per_concept(values, fmt: str) -> str:

@@ -508,6 +508,14 @@ def test_heldout_differences_are_paired_on_the_same_examples(tmp_path):
   assert rows['b']['heldout_vs_best'] == 0.0
   assert rows['a']['heldout_vs_best'] == pytest.approx(0.25)
   assert rows['c']['heldout_vs_best_lo'] == pytest.approx(pair['ci'][0])
+  # a run of the same cell on another concept (the transfer check's) pairs with the best of
+  # its own concepts, not with runs measured on other examples
+  (tmp_path / 'd').mkdir()
+  (tmp_path / 'd' / 'config.json').write_text('{}')
+  (tmp_path / 'd' / 'summary.json').write_text(json.dumps(dict(other, concept_ids=[7])))
+  rows = {r['run']: r for r in study.collect(str(tmp_path))}
+  assert rows['d']['heldout_vs_best'] == 0.0
+  assert rows['a']['heldout_vs_best'] == pytest.approx(0.25)
 
 
 def test_folders_of_one_concept_runs_pair_by_concept_id(tmp_path):

@@ -206,7 +206,7 @@ def _run_groups(groups, setup, gens, ratings, judge, desc):
 
 def _judge(keys, setup, gens, ratings, judge, desc, part):
   with tqdm(total=len(keys), desc=desc, unit='gen', dynamic_ncols=True) as bar:
-    bar.update(len([k for k in keys if rating_key(judge, k, part) in ratings]))
+    bar.update(len([k for k in keys if rating_key(judge.name, k, part) in ratings]))
     judge_missing(judge, setup, gens, ratings, keys, progress=bar.update, part=part)
 
 

@@ -221,9 +221,9 @@ def generate_groups(setup: Setup, groups: Sequence[Group], store: Store,
   return made
 
 
-def rating_key(judge: Judge, gen: str, part: str = 'whole') -> str:
+def rating_key(judge_name: str, gen: str, part: str = 'whole') -> str:
   # The whole response keeps the key it always had, so existing rating stores stay valid.
-  return f'{judge.name}|{gen}' if part == 'whole' else f'{judge.name}|{gen}|{part}_half'
+  return f'{judge_name}|{gen}' if part == 'whole' else f'{judge_name}|{gen}|{part}_half'
 
 
 def response_part(tokenizer, response: str, part: str) -> str:
@@ -247,7 +247,7 @@ def judge_missing(judge: Judge, setup: Setup, gens: Store, ratings: Store,
                   keys: Sequence[str], progress: Callable[[int], None] | None = None,
                   chunk: int = 256, part: str = 'whole') -> int:
   """Rates `part` of the generations in `keys` that this judge has not rated yet."""
-  todo = [k for k in keys if rating_key(judge, k, part) not in ratings]
+  todo = [k for k in keys if rating_key(judge.name, k, part) not in ratings]
   for start in range(0, len(todo), chunk):
     keys_now = todo[start:start + chunk]
     items = [Item(instruction=gens.get(k)['instruction'],
@@ -255,7 +255,7 @@ def judge_missing(judge: Judge, setup: Setup, gens: Store, ratings: Store,
                   response=response_part(setup.model.tokenizer, gens.get(k)['response'], part))
              for k in keys_now]
     rated = judge.rate(items, progress)
-    ratings.add([dict(key=rating_key(judge, k, part), judge=judge.name, gen=k, part=part,
+    ratings.add([dict(key=rating_key(judge.name, k, part), judge=judge.name, gen=k, part=part,
                       **dataclasses.asdict(r)) for k, r in zip(keys_now, rated)])
   return len(todo)
 
@@ -264,11 +264,18 @@ def group_ratings(judge: Judge, setup: Setup, ratings: Store, group: Group,
                   indices: Sequence[int] | None = None, part: str = 'whole') -> list[Ratings]:
   """The group's ratings, instruction-major (index, then sample)."""
   n = len(setup.instructions[group.concept_id])
-  indices = range(n) if indices is None else indices
+  return stored_ratings(ratings, judge.name, group, range(n) if indices is None else indices,
+                        setup.samples, part)
+
+
+def stored_ratings(ratings: Store, judge_name: str, group: Group, indices: Sequence[int],
+                   samples: int, part: str = 'whole') -> list[Ratings]:
+  """A group's stored ratings by one judge, instruction-major; needs no loaded model or judge,
+  so a finished evaluation's stores can be read back on their own."""
   out = []
   for i in indices:
-    for s in range(setup.samples):
-      rec = ratings.get(rating_key(judge, gen_key(group, i, s), part))
+    for s in range(samples):
+      rec = ratings.get(rating_key(judge_name, gen_key(group, i, s), part))
       if rec is None:
         raise ProsvError(f'missing {part} rating for {gen_key(group, i, s)}; rerun the '
                          'evaluation to finish it')
@@ -338,14 +345,8 @@ def stored_difference(workdir: str, a: str, b: str, results_name: str = 'results
   for cid in concepts:
     per_method = []
     for m in (a, b):
-      keys = [f'{results["judge"]}|{gen_key(Group(m, cid), i, s)}'
-              for i in range(count) for s in range(samples)]
-      recs = [ratings.get(k) for k in keys]
-      if any(r is None for r in recs):
-        raise ProsvError(f'{m} on concept {cid} has unrated generations in {workdir}; rerun '
-                         'the evaluation to finish them')
-      per_method.append([Ratings(r['concept'], r['instruction'], r['fluency']).harmonic
-                         for r in recs])
+      per_method.append([r.harmonic for r in stored_ratings(
+          ratings, results['judge'], Group(m, cid), range(count), samples)])
     units.append(np.array(per_method).reshape(2, count, samples))
   stats = results['bootstrap']
   boot = scores.paired_bootstrap(units, [a, b], b, int(stats['draws']), int(stats['seed']),

@@ -72,6 +72,8 @@ fssv-grid-1..3  3 x 2 each                     FSSV the same grid
 fssv-grid-0     3 x 2                          FSSV's row below, if its pick sits at beta 0.25
 prosv-dir-1..2  3 x 2 each                     PrOSV (s, direction LR) 2x3 at prosv-grid's cell
 fssv-dir-1..2   3 x 2 each                     FSSV the same at fssv-grid's cell
+prosv-dir-0,    2 x 2                          the column below (direction LR 0.02, s 1 and
+fssv-dir-0                                     8), if a method's pick sits at 0.04
 prosv-pos-1..2  2 x 2 each                     p2+s2, s4 | p4+s4, prompt at PrOSV's chosen cell
 gemma-grid      3 x 1 (gemma3-270m)            PrOSV's chosen cell on gemma3-270m under the
                                                residual rule (ref: SmolLM2's RMS), beta in
@@ -121,13 +123,18 @@ EOF
     method=${piece%%-*}
     sweep "configs/$method.py" study_beta_lr_low "$ROOT/${method}_beta_lr" "${DATA[@]}"
     ;;
-  prosv-dir-[12]|fssv-dir-[12])
+  prosv-dir-[012]|fssv-dir-[012])
     method=${piece%%-*}
     cell=$(chosen "$ROOT/${method}_beta_lr" "$method-grid-1..3")
+    if [ "${piece##*-}" = 0 ]; then
+      grid=(study_direction_low)
+    else
+      grid=(study_direction --part="${piece##*-}/2")
+    fi
     # Its cell at the method's own s and direction LR is the grid's chosen run: copied.
     # shellcheck disable=SC2086  # the chosen cell's flags, one word each
-    sweep "configs/$method.py" study_direction "$ROOT/${method}_direction" "${DATA[@]}" \
-      $cell --part="${piece##*-}/2" --reuse="$ROOT/${method}_beta_lr"
+    sweep "configs/$method.py" "${grid[0]}" "$ROOT/${method}_direction" "${DATA[@]}" \
+      $cell "${grid[@]:1}" --reuse="$ROOT/${method}_beta_lr"
     ;;
   prosv-pos-[12])
     cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")

@@ -719,6 +719,15 @@ def test_study_pieces_chain_through_the_heldout_choice(tmp_path, tiny_model_path
     assert config['steer']['beta'] == 1.0
     assert config['optim']['factor_lr'] == float(chosen['optim.factor_lr'])
     assert config['steer']['direction_scale'] == 1.0
+  low = piece('prosv-dir-0')  # the column below: direction LR 0.02 at s 1 and 8, same root
+  assert low.returncode == 0, low.stderr[-3000:]
+  runs = {r['run']: r for r in study.collect(str(tmp_path / 'prosv_direction'))}
+  assert {'s1_dlr0.02', 's8_dlr0.02', 's1_dlr0.04'} <= set(runs)
+  for name, scale in (('s1_dlr0.02', 1.0), ('s8_dlr0.02', 8.0)):
+    config = json.load(open(tmp_path / 'prosv_direction' / name / 'config.json'))
+    assert config['optim']['direction_lr'] == 0.02
+    assert config['steer']['direction_scale'] == scale
+    assert config['optim']['factor_lr'] == float(chosen['optim.factor_lr'])
 
 
 def test_study_low_beta_row_sits_below_the_grid_and_joins_its_root():

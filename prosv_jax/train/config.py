@@ -301,6 +301,11 @@ def method_sweeps(method: str) -> dict:
       # (s, direction LR) at a method's chosen (beta, factor LR), given as --config overrides;
       'study_direction': lambda: sweep.grid({'steer.direction_scale': (1.0, 8.0),
                                              'optim.direction_lr': STUDY_DIRECTION_LRS}),
+      # the column below it (direction LR halved), run when a method's pick sits at the
+      # grid's smallest direction LR;
+      'study_direction_low': lambda: sweep.grid({'steer.direction_scale': (1.0, 8.0),
+                                                 'optim.direction_lr':
+                                                 (STUDY_DIRECTION_LRS[0] / 2,)}),
       # beta alone at a chosen factor LR (a model's own optimum near a transferred cell):
       # SmolLM2's pick (1/16) and the two rows above it, x4 apart as in the grid.
       'study_beta': lambda: sweep.axis('steer.beta', (STUDY_BETAS[0] / 4,) + STUDY_BETAS[:2]),

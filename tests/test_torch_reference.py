@@ -275,9 +275,13 @@ def _relative_errors(ours, theirs):
           np.linalg.norm(v - tv, axis=-1) / np.linalg.norm(tv, axis=-1))
 
 
-def _assert_equivalent(ours, theirs, tol=1e-4):
-  # Measured max over 10 steps: tiny Llama ~6e-6 (direction), SmolLM2 p2+s2 6.6e-5, all 3.6e-5.
+def _assert_equivalent(ours, theirs, first_tol=2e-5, tol=5e-4):
+  # float32 rounding differences compound through Adam's normalised steps, so the bound is tight
+  # on step 1 and looser over 10 steps. Measured (direction, relative): step 1 2.7e-6; step 10
+  # 6.6e-5 on the dev machine and 1.3e-4 on CI's CPU (SmolLM2 p2+s2). A wrong LR, position or
+  # gradient errs by 1e-2 or more from step 1.
   factor_err, direction_err = _relative_errors(ours, theirs)
+  assert factor_err[0] < first_tol and direction_err[0] < first_tol, (factor_err, direction_err)
   assert factor_err.max() < tol and direction_err.max() < tol, (factor_err, direction_err)
   # and the params did move: the comparison is not of two frozen copies
   assert abs(ours[0][-1] - ours[0][0]) > 1e-3

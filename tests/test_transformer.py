@@ -228,7 +228,8 @@ def test_generation_stops_at_eos_and_is_seeded():
 def test_top_k_and_top_p_cut_the_tail():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
   keys = jax.random.split(jax.random.key(0), 400)
-  draw = lambda sc: {int(sampling.sample_logits(logits, k, sc)[0]) for k in keys}
+  rows = jnp.tile(logits, (len(keys), 1))  # 400 draws at once: one key per row
+  draw = lambda sc: set(np.asarray(sampling.sample_logits(rows, keys, sc)).tolist())
   assert draw(sampling.SamplingConfig(temperature=1.0)) == {0, 1, 2, 3}
   assert draw(sampling.SamplingConfig(temperature=1.0, top_k=2)) == {0, 1}
   assert draw(sampling.SamplingConfig(temperature=1.0, top_p=0.7)) == {0, 1}
@@ -239,15 +240,18 @@ def test_kth_largest_is_exact():
   """The bisection threshold equals a sort's k-th value: ties, infinities, tiny and huge
   magnitudes, signed zeros, k = 1 and k = V."""
   rng = np.random.default_rng(0)
-  for trial in range(30):
-    b, v = int(rng.integers(1, 5)), int(rng.integers(1, 200))
-    x = (rng.standard_normal((b, v)) * rng.choice([1e-30, 1.0, 1e30])).astype(np.float32)
+  # k traced and four widths: one compile per width rather than per trial (eager fori_loops
+  # compile on every call).
+  kth = jax.jit(sampling.kth_largest)
+  for trial in range(32):
+    v = (1, 5, 37, 200)[trial % 4]
+    x = (rng.standard_normal((4, v)) * rng.choice([1e-30, 1.0, 1e30])).astype(np.float32)
     if trial % 3 == 0:
       x = np.round(x)  # ties and signed zeros
-    if trial % 4 == 0:
+    if trial % 8 >= 4:
       x[:, :v // 2] = -np.inf
     for k in {1, min(v, 5), v}:
-      got = np.asarray(sampling.kth_largest(jnp.asarray(x), k))[:, 0]
+      got = np.asarray(kth(jnp.asarray(x), k))[:, 0]
       np.testing.assert_array_equal(got, np.sort(x, axis=-1)[:, -k])
 
 
@@ -262,15 +266,17 @@ def test_prefill_into_an_empty_cache_skips_reading_it(name):
                              cache=transformer.init_cache(cfg, 2, 9))
   skip = transformer.forward(params, cfg, tokens, pos, valid,
                              cache=transformer.init_cache(cfg, 2, 9), cache_empty=True)
+  # The two paths attend over 5 and 9 slots, so float32 sums round differently and the
+  # difference grows layer by layer: CI's CPU measured 1.2e-5 on keys of size ~20 (1e-6 here).
+  tol = dict(rtol=1e-5, atol=1e-4)
   mask = np.asarray(valid)
-  np.testing.assert_allclose(np.asarray(skip.logits)[mask], np.asarray(read.logits)[mask],
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(skip.logits)[mask], np.asarray(read.logits)[mask], **tol)
   for key in ('pos', 'valid', 'index'):
     np.testing.assert_array_equal(np.asarray(skip.cache[key]), np.asarray(read.cache[key]))
   slots = np.asarray(read.cache['valid'])  # [B, S]; pad rows' keys/values are never read
   for key in ('k', 'v'):  # [N, B, K, S, E]
     got, want = (np.asarray(c.cache[key]).transpose(1, 3, 0, 2, 4)[slots] for c in (skip, read))
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, want, **tol)
 
 
 def test_bad_inputs_are_named():

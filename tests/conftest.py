@@ -1,6 +1,9 @@
 """Fixtures shared by test modules."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -10,6 +13,33 @@ from paths import SMOLLM
 # another one installed in site-packages (e.g. an editable install of a sibling worktree).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))
+
+# One persistent XLA compilation cache for the session, shared with xdist's workers and the
+# scripts the tests run as subprocesses (all inherit these variables; jax reads them at import). The suite compiles the same tiny-model
+# programs again and again, in fresh closures and fresh processes; compiling dominated its time
+# (a tiny training process that trains for 2 s spent 12 s in XLA's compiler). Every entry counts: most of
+# these compiles take well under jax's default 1 s threshold. A fresh folder per session, so
+# every run starts from nothing as CI does.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache = tempfile.mkdtemp(prefix='prosv-jax-test-cache-')
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+import jax  # pylint: disable=wrong-import-position  # after the variables above
+
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                  float(os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', 0)))
+jax.config.update('jax_persistent_cache_min_entry_size_bytes',
+                  int(os.environ.get('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', 0)))
+
+
+def pytest_xdist_auto_num_workers(config):  # pylint: disable=unused-argument
+  """`-n auto` (pyproject's addopts): one worker a core, at most 4. Each worker holds its own
+  SmolLM2 and compiled programs (~4 GB at the peak), and most of the suite is single-threaded
+  XLA compiles, so a worker a core is what pays."""
+  return max(1, min(os.cpu_count() or 1, 4))
 
 
 @pytest.fixture(scope='session')
@@ -46,5 +76,4 @@ def _free_compiled_code():
   compile at the same test of tests/test_utility.py, which passes alone. Suspected (not
   proven): the process's memory mappings piling up towards vm.max_map_count (65530)."""
   yield
-  import jax  # pylint: disable=import-outside-toplevel
   jax.clear_caches()

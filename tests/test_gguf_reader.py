@@ -463,6 +463,7 @@ def gemma3(tmp_path_factory):
 
 
 @pytest.mark.real_model
+@pytest.mark.slow  # dequantizing the 270M Q4_K file takes ~100 s
 def test_gemma3_real_file(gemma3):
   path, (config, state_dict, tok) = gemma3
   # Gemma 3 270M's published HF config.

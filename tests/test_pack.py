@@ -49,9 +49,14 @@ def _both_layouts(trainer, examples, rows, ref_logp=None):
           {k: jnp.asarray(v) for k, v in packed.items()}, trainer.response_width(padded))
 
 
-@pytest.mark.parametrize('concepts', [(0,), (0, 1, 2)])
-@pytest.mark.parametrize('loss', ['lang', 'simpo'])
-@pytest.mark.parametrize('positions', ['p2+s2', 'all'])
+# Two of the eight cases cover every level of every factor; the other six join the slow tier.
+_PACK_CASES = [pytest.param(p, l, c, marks=() if (p, l, c) in (('p2+s2', 'lang', (0,)),
+                                                                ('all', 'simpo', (0, 1, 2)))
+                            else pytest.mark.slow)
+               for p in ('p2+s2', 'all') for l in ('lang', 'simpo') for c in ((0,), (0, 1, 2))]
+
+
+@pytest.mark.parametrize('positions,loss,concepts', _PACK_CASES)
 def test_packed_losses_and_gradients_equal_padded(tmp_path, tiny_model, tiny_model_path,
                                                   positions, loss, concepts):
   m = tiny_model
@@ -158,8 +163,9 @@ def _final(workdir):
   return v.factor, v.direction
 
 
-@pytest.mark.parametrize('overrides', [{}, {'train.loss': 'simpo', 'train.cache_hidden': False,
-                                            'data.concepts': (0, 1)}])
+@pytest.mark.parametrize('overrides', [{}, pytest.param(
+    {'train.loss': 'simpo', 'train.cache_hidden': False, 'data.concepts': (0, 1)},
+    marks=pytest.mark.slow)])
 def test_packed_training_gives_the_same_parameters(tmp_path, tiny_model, tiny_model_path,
                                                    overrides):
   """A few steps packed (bank, evaluation and SimPO reference too) against right-padded; a

@@ -72,8 +72,10 @@ def run_result(workdir, summary) -> dict:
 # ---------------------------------------------------------------- subprocess workers
 
 
-def _worker_devices(model_path, out_dir):
-  """One process, 4 CPU devices: training on several meshes, generation, a bad mesh."""
+def _worker_devices(model_path, out_dir, scope):
+  """One process, 4 CPU devices: training on several meshes, generation, a bad mesh. scope
+  'core' trains only the runs the default suite compares ('one', 'd2m2', 'resumed'); 'full'
+  adds the other meshes, packing, no bank, SimPO and slots (the slow tier: ~3x the time)."""
   from prosv_jax.models.load import load_model
   from prosv_jax.train.job import train_and_export
   from prosv_jax.train.trainer import Trainer
@@ -92,6 +94,8 @@ def _worker_devices(model_path, out_dir):
       'd4m1_packed_nobank': (4, 1, {'data.pack': 'on', 'train.cache_hidden': False}),
       'd1m4_simpo': (1, -1, {'train.loss': 'simpo'}),
   }
+  if scope == 'core':
+    runs = {k: runs[k] for k in ('one', 'd2m2')}
   for name, (data, model, overrides) in runs.items():
     workdir = os.path.join(out_dir, name)
     summary = train_and_export(run_config(model_path, workdir, data, model, **overrides))
@@ -99,9 +103,8 @@ def _worker_devices(model_path, out_dir):
 
   # Grid cells as slots (prosv_jax.train.slots): 4 cells x 2 concepts, the 8 slots split
   # over 'data' with shard_concepts.
-  for name, (data, model, overrides) in {'slots_one': (1, 1, {}),
-                                         'slots_d2m2': (2, 2, {'mesh.shard_concepts': True})
-                                         }.items():
+  slot_runs = {'slots_one': (1, 1, {}), 'slots_d2m2': (2, 2, {'mesh.shard_concepts': True})}
+  for name, (data, model, overrides) in (slot_runs if scope == 'full' else {}).items():
     from prosv_jax.train.job import train
     trained = train(run_config(model_path, os.path.join(out_dir, name), data, model,
                                **{'train.slots': 'beta=1,4;seed=0,5', **overrides}))
@@ -164,15 +167,25 @@ def _env(devices: int, **extra) -> dict:
   return env
 
 
-@pytest.fixture(scope='module')
-def four_devices(tiny_model_path, tmp_path_factory):
-  """The results of _worker_devices."""
+def _devices(model_path, tmp_path_factory, scope) -> dict:
   out_dir = tmp_path_factory.mktemp('devices')
-  proc = subprocess.run([sys.executable, HERE, 'devices', tiny_model_path, str(out_dir)],
+  proc = subprocess.run([sys.executable, HERE, 'devices', model_path, str(out_dir), scope],
                         env=_env(4), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(out_dir / 'result.json') as f:
     return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def four_devices(tiny_model_path, tmp_path_factory):
+  """The results of _worker_devices, core runs."""
+  return _devices(tiny_model_path, tmp_path_factory, 'core')
+
+
+@pytest.fixture(scope='module')
+def four_devices_full(tiny_model_path, tmp_path_factory):
+  """The results of _worker_devices, every run."""
+  return _devices(tiny_model_path, tmp_path_factory, 'full')
 
 
 def _free_port() -> int:
@@ -360,15 +373,21 @@ def assert_same_run(got, want, rtol=1e-5, atol=1e-6):
   np.testing.assert_allclose(got['final_loss'], want['final_loss'], rtol=rtol)
 
 
-@pytest.mark.parametrize('name', ['d2m2', 'd4m1'])
-def test_sharded_training_equals_one_device(four_devices, name):
+def test_sharded_training_equals_one_device(four_devices):
   runs = four_devices['runs']
-  assert_same_run(runs[name], runs['one'])
+  assert_same_run(runs['d2m2'], runs['one'])
   assert not np.allclose(runs['one']['direction'][0], runs['one']['direction'][1])
 
 
-def test_sharded_slot_run_equals_one_device(four_devices):
-  runs = four_devices['runs']
+@pytest.mark.slow
+def test_data_parallel_training_equals_one_device(four_devices_full):
+  runs = four_devices_full['runs']
+  assert_same_run(runs['d4m1'], runs['one'])
+
+
+@pytest.mark.slow
+def test_sharded_slot_run_equals_one_device(four_devices_full):
+  runs = four_devices_full['runs']
   assert len(runs['slots_d2m2']) == len(runs['slots_one']) == 4
   for got, want in zip(runs['slots_d2m2'], runs['slots_one']):
     assert_same_run(got, want)
@@ -380,20 +399,23 @@ def test_a_run_resumes_on_another_mesh(four_devices):
   assert_same_run(runs['resumed'], runs['one'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['d2m2_packed', 'd4m1_packed_nobank'])
-def test_sharded_packed_training_equals_one_device_padded(four_devices, name):
-  runs = four_devices['runs']
+def test_sharded_packed_training_equals_one_device_padded(four_devices_full, name):
+  runs = four_devices_full['runs']
   assert_same_run(runs[name], runs['one_padded'])
   assert_same_run(runs['one'], runs['one_padded'])  # 'auto', whichever it picked
 
 
-def test_sharded_training_without_the_bank_equals_one_device(four_devices):
-  runs = four_devices['runs']
+@pytest.mark.slow
+def test_sharded_training_without_the_bank_equals_one_device(four_devices_full):
+  runs = four_devices_full['runs']
   assert_same_run(runs['d2m2_nobank'], runs['one_nobank'])
 
 
-def test_sharded_simpo_with_its_generated_answers_equals_one_device(four_devices):
-  runs = four_devices['runs']
+@pytest.mark.slow
+def test_sharded_simpo_with_its_generated_answers_equals_one_device(four_devices_full):
+  runs = four_devices_full['runs']
   assert_same_run(runs['d1m4_simpo'], runs['one_simpo'])
 
 
@@ -419,6 +441,7 @@ def test_a_mesh_that_does_not_match_the_devices_is_refused(four_devices):
 # ---------------------------------------------------------------- two processes
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_device_and_only_process_zero_writes(two_hosts,
                                                                           four_devices):
   results, workdir = two_hosts

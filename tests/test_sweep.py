@@ -688,6 +688,7 @@ def test_score_sweep_evaluates_each_finished_run_once(swept, tiny_config_file, t
 # --- the study's pieces (launch/study.sh) ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_study_pieces_chain_through_the_heldout_choice(tmp_path, tiny_model_path):
   """A grid piece, then a direction piece that trains at the grid's cell with the lowest
   held-out loss; the direction piece refuses to start before the grid has finished runs."""

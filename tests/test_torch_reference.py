@@ -321,7 +321,8 @@ def test_every_step_matches_torch_on_a_tiny_llama(tiny_pair, positions):
 
 @pytest.mark.real_model
 @pytest.mark.skipif(not CONCEPT10.exists(), reason='AxBench Concept10 data not beside the repo')
-@pytest.mark.parametrize('positions', ['p2+s2', 'all'])
+# Every position rule is checked on the tiny Llama; on SmolLM2 'all' joins the slow tier.
+@pytest.mark.parametrize('positions', ['p2+s2', pytest.param('all', marks=pytest.mark.slow)])
 def test_every_step_matches_torch_on_smollm2(smollm, positions):
   torch_model = _smollm_torch()
   c = _equivalence_config('smollm2-135m-instruct', positions, source=str(CONCEPT10),

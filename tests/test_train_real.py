@@ -15,7 +15,7 @@ def model(smollm):
 
 
 @pytest.mark.skipif(not CONCEPT10.exists(), reason='AxBench Concept10 data not beside the repo')
-@pytest.mark.parametrize('method', ['prosv', 'fssv'])
+@pytest.mark.parametrize('method', ['prosv', pytest.param('fssv', marks=pytest.mark.slow)])
 def test_trained_vector_beats_unsteered_on_heldout_positives(tmp_path, model, method):
   # The paper's presets (PrOSV beta 4, s 8; FSSV beta 2) start with an edit far larger than the
   # residual stream and need their full 72 x 12 epochs: after 8 steps both were still worse

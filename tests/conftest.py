@@ -15,11 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))
 
 # One persistent XLA compilation cache for the session, shared with xdist's workers and the
-# scripts the tests run as subprocesses (all inherit these variables; jax reads them at import). The suite compiles the same tiny-model
-# programs again and again, in fresh closures and fresh processes; compiling dominated its time
-# (a tiny training process that trains for 2 s spent 12 s in XLA's compiler). Every entry counts: most of
-# these compiles take well under jax's default 1 s threshold. A fresh folder per session, so
-# every run starts from nothing as CI does.
+# scripts the tests run as subprocesses (all inherit these variables; jax reads them at
+# import). The suite compiles the same tiny-model programs again and again, in fresh closures
+# and fresh processes; compiling dominated its time (a tiny training process that trains for
+# 2 s spent 12 s in XLA's compiler). Every entry counts: most of these compiles take well under
+# jax's default 1 s threshold. A fresh folder per session, so every run starts from nothing as
+# CI does.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache = tempfile.mkdtemp(prefix='prosv-jax-test-cache-')
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)

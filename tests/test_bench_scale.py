@@ -37,7 +37,7 @@ def tiny_tokenizer_model(tmp_path_factory):
 @pytest.mark.slow
 def test_rows_for_every_device_and_concept_count(tiny_tokenizer_model):
   proc = run_script('--random_model=tiny', f'--model={tiny_tokenizer_model}', '--data=demo',
-                    '--devices=1,2', '--concepts=2', '--steps=1', '--batch_size=4',
+                    '--devices=1,2', '--concepts=1,2', '--steps=1', '--batch_size=4',
                     '--train_examples=8', '--max_response_tokens=16', '--peak_tflops=1')
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.loads(proc.stdout)  # stdout is exactly the one JSON object
@@ -46,7 +46,7 @@ def test_rows_for_every_device_and_concept_count(tiny_tokenizer_model):
   assert {'cpus', 'jax', 'device_kinds'} <= set(out['machine'])
   assert out['settings']['layer'] == bench_scale.TINY_LAYER
   rows = out['results']
-  assert [(r['devices'], r['concepts']) for r in rows] == [(1, 2), (2, 2)]
+  assert [(r['devices'], r['concepts']) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
   for r in rows:
     assert r['mesh'] == [r['devices'], 1] and r['rows'] == 4 * r['concepts']
     for key in ('steps_per_s', 'concept_steps_per_s', 'tokens_per_s', 'tflops',
